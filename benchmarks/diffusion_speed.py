@@ -1,0 +1,159 @@
+r"""Train-step and sampler speed of the diffusion configs.
+
+  python benchmarks/diffusion_speed.py [--batch_size 32] [--configs ddpm_digits,ddpm_cifar10]
+
+For each config (each in a fresh subprocess, so peak memory is its own): the
+train step's compile seconds and images/s after compile (median of timed
+windows, synchronised with block_until_ready), and the sampler's compile seconds
+and images/s for each requested sampler. Batches are synthetic (uniform noise in
+[-1, 1]), so the input pipeline is not timed. Peak memory is the device's peak
+bytes in use where the backend reports it, else the process's peak RSS.
+Prints a markdown table and writes JSON (--out).
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _timed(fn, *args):
+  import jax
+
+  start = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  return out, time.perf_counter() - start
+
+
+def measure(config_name: str, batch_size: int, windows: int, steps_per_window: int,
+            samplers: list[str], sample_num: int) -> dict:
+  """Measures one config in this process; returns a row of the table."""
+  import jax
+  import jax.numpy as jnp
+
+  from genimg_jax import config as config_lib
+  from genimg_jax import methods
+  from genimg_jax.train import mesh as mesh_lib
+  from genimg_jax.train import runtime, steps
+
+  config = config_lib.load(os.path.join(REPO, "configs", f"{config_name}.py"),
+                           [f"--config.train.batch_size={batch_size}"])
+  runtime.setup(config)
+  method = methods.make(config)
+  mesh = mesh_lib.make_mesh()
+  keys = steps.root_keys(0)
+  state = jax.jit(method.init, out_shardings=mesh_lib.replicated(mesh))(keys["init"])
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  batch = mesh_lib.to_global({
+      "image": jax.device_get(jax.random.uniform(keys["eval"], (batch_size,) + method.image_shape,
+                                                 minval=-1, maxval=1)),
+      "label": jax.device_get(jnp.zeros((batch_size,), jnp.int32))}, mesh)
+
+  train_step = steps.jit_train_step(method, mesh, mesh_lib.replicated(mesh))
+  start = time.perf_counter()
+  compiled = train_step.lower(state, batch, keys["train"]).compile()
+  compile_s = time.perf_counter() - start
+  state, _ = _timed(compiled, state, batch, keys["train"])
+  seconds = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    for _ in range(steps_per_window):
+      state, metrics = compiled(state, batch, keys["train"])
+    jax.block_until_ready((state, metrics))
+    seconds.append((time.perf_counter() - start) / steps_per_window)
+  step_s = statistics.median(seconds)
+  row = {"config": config_name, "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
+         "params_M": num_params / 1e6, "batch_size": batch_size, "train_compile_s": compile_s,
+         "train_step_s": step_s, "train_images_per_s": batch_size / step_s, "samplers": {}}
+
+  for spec in samplers:
+    name, _, num_steps = spec.partition("-")
+    config.unlock()
+    config.sample.sampler = name
+    config.sample.steps = int(num_steps or config.diffusion.num_timesteps)
+    sample = jax.jit(methods.make(config).sample, static_argnums=2)
+    start = time.perf_counter()
+    compiled_sample = sample.lower(state.ema_params, keys["sample"], sample_num).compile()
+    sample_compile_s = time.perf_counter() - start
+    _, sample_s = _timed(compiled_sample, state.ema_params, keys["sample"])
+    row["samplers"][spec] = {"num": sample_num, "compile_s": sample_compile_s, "seconds": sample_s,
+                             "images_per_s": sample_num / sample_s}
+
+  stats = jax.devices()[0].memory_stats()
+  if stats and "peak_bytes_in_use" in stats:
+    row["peak_memory_MiB"], row["peak_memory_kind"] = stats["peak_bytes_in_use"] / 2**20, "device"
+  else:
+    row["peak_memory_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["peak_memory_kind"] = "host RSS"
+  return row
+
+
+def _loadavg() -> list[str] | None:
+  """The 1, 5 and 15 minute load averages (Linux), to judge whether the machine was idle."""
+  return open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
+
+
+def table(rows: list[dict]) -> str:
+  lines = ["| config | params | batch | train img/s | step ms | compile s | sampler | sample img/s | "
+           "sample compile s | peak MiB |", "|" + "---|" * 10]
+  for r in rows:
+    for i, (spec, s) in enumerate(r["samplers"].items() or [("-", None)]):
+      head = (f"| {r['config']} | {r['params_M']:.2f}M | {r['batch_size']} | {r['train_images_per_s']:.1f} | "
+              f"{1000 * r['train_step_s']:.0f} | {r['train_compile_s']:.1f} |") if i == 0 else "| | | | | | |"
+      tail = (f" {spec} (n={s['num']}) | {s['images_per_s']:.2f} | {s['compile_s']:.1f} |" if s else " - | - | - |")
+      peak = f" {r['peak_memory_MiB']:.0f} ({r['peak_memory_kind']}) |" if i == 0 else " |"
+      lines.append(head + tail + peak)
+  return "\n".join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--configs", default="ddpm_digits,ddpm_cifar10")
+  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--windows", type=int, default=5)
+  parser.add_argument("--steps_per_window", type=int, default=5)
+  parser.add_argument("--samplers", default="ddim-50,ddpm",
+                      help="comma-separated; ddim-K or ddpm (all T steps). Per config: CONFIG=SPECS;...")
+  parser.add_argument("--sample_num", type=int, default=16)
+  parser.add_argument("--out", default="benchmarks/results/diffusion_speed.json")
+  parser.add_argument("--single", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+
+  if args.single:  # Child process: measure one config, print its row as JSON.
+    row = measure(args.single, args.batch_size, args.windows, args.steps_per_window,
+                  args.samplers.split(","), args.sample_num)
+    print("ROW " + json.dumps(row))
+    return
+
+  per_config = dict(item.split("=") for item in args.samplers.split(";") if "=" in item)
+  default_samplers = args.samplers if "=" not in args.samplers else "ddim-50"
+  loadavg_before = _loadavg()
+  if loadavg_before and float(loadavg_before[0]) > 0.5:
+    print(f"warning: load average {loadavg_before[0]} before starting: timings may be low", file=sys.stderr)
+  rows = []
+  for name in args.configs.split(","):
+    cmd = [sys.executable, os.path.abspath(__file__), "--single", name, "--batch_size", str(args.batch_size),
+           "--windows", str(args.windows), "--steps_per_window", str(args.steps_per_window),
+           "--samplers", per_config.get(name, default_samplers), "--sample_num", str(args.sample_num)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if result.returncode:
+      sys.exit(f"{name}: benchmark failed:\n{result.stderr[-3000:]}")
+    rows.append(json.loads(next(l for l in result.stdout.splitlines() if l.startswith("ROW "))[4:]))
+    print(f"measured {name}", file=sys.stderr)
+  print(table(rows))
+  report = {"loadavg_before": loadavg_before, "loadavg_after": _loadavg(), "rows": rows}
+  out = os.path.join(REPO, args.out) if not os.path.isabs(args.out) else args.out
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(report, f, indent=2)
+  print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  main()

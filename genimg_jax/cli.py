@@ -1,0 +1,107 @@
+"""`genimg train | sample | eval`: the command-line entry point.
+
+User errors (config, data, checkpoints) end with one line on stderr naming the
+field or file, and exit code 2; no traceback.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from genimg_jax.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="genimg", description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  train = sub.add_parser("train", help="train a config; resumes if the workdir has checkpoints",
+                         epilog="Any config field can be overridden: --config.train.steps=100")
+  train.add_argument("--config", required=True, help="a Python file defining get_config()")
+  train.add_argument("--workdir", required=True, help="where checkpoints, logs and samples go")
+  train.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+  sample = sub.add_parser("sample", help="write a grid of samples from the latest checkpoint")
+  sample.add_argument("--workdir", required=True)
+  sample.add_argument("--out", required=True, help="PNG file to write")
+  sample.add_argument("--num", type=int, default=64, help="number of images")
+  sample.add_argument("--seed", type=int, default=0)
+  sample.add_argument("--sampler", help="override config.sample.sampler (e.g. ddpm, ddim)")
+  sample.add_argument("--steps", type=int, help="override config.sample.steps (DDIM)")
+  sample.add_argument("--eta", type=float, help="override config.sample.eta (DDIM)")
+
+  evaluate = sub.add_parser("eval", help="held-out metrics of the latest checkpoint (EMA params)")
+  evaluate.add_argument("--workdir", required=True)
+  evaluate.add_argument("--seed", type=int, default=0)
+  return parser
+
+
+def _train(args, overrides) -> None:
+  from genimg_jax import config as config_lib
+  from genimg_jax.train import runtime, trainer
+
+  config = config_lib.load(args.config, overrides)
+  runtime.setup(config)
+  trainer.train(config, args.workdir, show_progress=not args.no_progress)
+  print(f"done: {args.workdir}")
+
+
+def _sample(args) -> None:
+  from genimg_jax import images
+  from genimg_jax.errors import ConfigError
+  from genimg_jax.train import runtime, steps, workdir
+
+  if args.num <= 0:
+    raise ConfigError("--num", f"must be > 0, got {args.num}")
+  config = workdir.read_config(args.workdir)
+  for field in ("sampler", "steps", "eta"):
+    if getattr(args, field) is not None:
+      config.sample[field] = getattr(args, field)
+  runtime.setup(config)
+  method, mesh, state, step = workdir.restore_latest(args.workdir, config)
+  samples = steps.sampler(method, mesh, args.num)(state.ema_params, steps.root_keys(args.seed)["sample"])
+  images.save_grid(args.out, samples)
+  print(f"{args.out}: {args.num} samples from step {step} ({config.sample.sampler}), seed {args.seed}")
+
+
+def _eval(args) -> None:
+  from genimg_jax.evaluation import held_out
+  from genimg_jax.train import runtime, steps, workdir
+
+  config = workdir.read_config(args.workdir)
+  runtime.setup(config)
+  method, mesh, state, step = workdir.restore_latest(args.workdir, config)
+  metrics = held_out.evaluate(config, method, mesh, state.ema_params, steps.root_keys(args.seed)["eval"])
+  metrics.update(step=step, params="ema", seed=args.seed)
+  out = os.path.join(args.workdir, "eval", f"step_{step:07d}.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(metrics, f, indent=2)
+  print(json.dumps(metrics))
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = _parser()
+  args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+  if args.command != "train" and rest:
+    parser.error(f"unrecognized arguments: {' '.join(rest)}")
+  from absl import flags, logging
+
+  flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags.
+  logging.set_verbosity(logging.ERROR)  # tfds and orbax are chatty at INFO/WARNING.
+  try:
+    if args.command == "train":
+      _train(args, rest)
+    elif args.command == "sample":
+      _sample(args)
+    else:
+      _eval(args)
+  except UserError as e:
+    print(f"genimg: error: {e}", file=sys.stderr)
+    return e.exit_code
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

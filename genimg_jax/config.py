@@ -1,0 +1,166 @@
+"""Config files, command-line overrides and the checks shared by every method.
+
+A config file defines `get_config() -> ml_collections.ConfigDict`. Overrides are
+`--config.section.field=value`; the value is parsed by the type of the field it
+replaces. Anything unknown or ill-typed raises ConfigError naming the field.
+"""
+
+import ast
+import importlib.util
+import json
+import os
+from typing import Any, Sequence
+
+import ml_collections
+
+from genimg_jax.errors import ConfigError
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The sections every method shares; a method adds its own (model, optimizer, ...)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.deterministic = True  # XLA deterministic ops on GPU (set before JAX starts).
+  c.method = ""
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"
+  c.data.data_dir = ""  # "" -> $GENIMG_DATA_DIR, else ~/tensorflow_datasets
+  c.data.image_size = 16
+  c.data.channels = 1  # must match the data set
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.random_flip = False
+  c.data.prefetch_batches = 4  # batches read ahead of the device
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 64  # global, over all devices and processes
+  c.train.log_every = 50
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 3
+  c.train.sample_every = 0  # 0: only at the end
+  c.train.num_samples = 64
+  c.train.eval_batches = 0  # eval-split batches averaged by `genimg eval`; 0: the whole split
+  return c
+
+
+def load_file(path: str) -> ml_collections.ConfigDict:
+  """Runs a config file's get_config(); raises ConfigError naming the file on failure."""
+  if not os.path.isfile(path):
+    raise ConfigError("--config", f"no such config file: {path}")
+  spec = importlib.util.spec_from_file_location("_genimg_user_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError("--config", f"{path} defines no get_config()")
+  config = module.get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError("--config", f"get_config() in {path} returned {type(config).__name__}, "
+                      "not an ml_collections.ConfigDict")
+  return config
+
+
+def _parse_value(field: str, text: str, current: Any) -> Any:
+  """Parses `text` as the type of `current`."""
+  try:
+    if isinstance(current, bool):
+      lowered = text.lower()
+      if lowered not in ("true", "false", "1", "0"):
+        raise ValueError("expected true or false")
+      return lowered in ("true", "1")
+    if isinstance(current, int):
+      return int(text)
+    if isinstance(current, float):
+      return float(text)
+    if isinstance(current, str):
+      return text
+    if isinstance(current, (tuple, list)):
+      value = ast.literal_eval(text)
+      value = value if isinstance(value, (tuple, list)) else (value,)
+      return type(current)(value)
+    if current is None:
+      try:
+        return ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        return text
+  except (ValueError, SyntaxError) as e:
+    raise ConfigError(f"config.{field}", f"cannot parse {text!r} as {type(current).__name__} "
+                      f"(the field's type): {e}") from None
+  raise ConfigError(f"config.{field}", f"cannot override a field of type {type(current).__name__}")
+
+
+def apply_override(config: ml_collections.ConfigDict, field: str, text: str) -> None:
+  """Sets config.<field> (dotted path) from the string `text`, in place."""
+  *parents, leaf = field.split(".")
+  node = config
+  for depth, key in enumerate(parents):
+    if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+      raise ConfigError(f"config.{field}", f"unknown field {'.'.join(parents[:depth + 1])!r}")
+    node = node[key]
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
+    raise ConfigError(f"config.{field}", f"unknown field; known here: {known}")
+  current = node[leaf]
+  if isinstance(current, ml_collections.ConfigDict):
+    raise ConfigError(f"config.{field}", "is a section; override one of its fields")
+  value = _parse_value(field, text, current)
+  try:
+    node[leaf] = value
+  except TypeError as e:
+    raise ConfigError(f"config.{field}", f"wrong type: {e}") from None
+
+
+def load(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  """Loads a config file and applies `--config.a.b=value` overrides, in order."""
+  config = load_file(path)
+  config.lock()
+  args = list(overrides)
+  while args:
+    arg = args.pop(0)
+    if not arg.startswith("--config."):
+      raise ConfigError(arg, "unknown argument")
+    field, sep, text = arg[len("--config."):].partition("=")
+    if not sep:
+      if not args:
+        raise ConfigError(f"config.{field}", "missing value")
+      text = args.pop(0)
+    apply_override(config, field, text)
+  return config
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  """The resolved config as indented JSON (tuples become lists)."""
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def _tuples(value):
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """Inverse of to_json (lists become tuples, as configs write them)."""
+  return ml_collections.ConfigDict(_tuples(json.loads(text)))
+
+
+def require(ok: bool, field: str, message: str) -> None:
+  """Raises ConfigError(field, message) unless ok."""
+  if not ok:
+    raise ConfigError(f"config.{field}", message)
+
+
+def validate_common(config: ml_collections.ConfigDict) -> None:
+  """Checks the shared sections; a method checks its own in its factory."""
+  require(isinstance(config.seed, int) and config.seed >= 0, "seed", "must be an integer >= 0")
+  for field in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
+                "num_samples"):
+    require(config.train[field] > 0, f"train.{field}", f"must be > 0, got {config.train[field]}")
+  for field in ("sample_every", "eval_batches"):
+    require(config.train[field] >= 0, f"train.{field}", f"must be >= 0, got {config.train[field]}")
+  require(config.data.image_size > 0, "data.image_size", "must be > 0")
+  require(config.data.channels > 0, "data.channels", "must be > 0")
+  require(config.data.prefetch_batches >= 0, "data.prefetch_batches", "must be >= 0")

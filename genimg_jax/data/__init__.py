@@ -1,0 +1,1 @@
+"""Data sets (tfds builders, prepared to array_record) and grain input pipelines."""

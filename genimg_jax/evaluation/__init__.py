@@ -1,0 +1,1 @@
+"""Evaluation: sample grids and held-out metrics read from checkpoints."""

@@ -1,0 +1,1 @@
+"""Pure loss functions by kind. Losses import nothing from methods, train or evaluation."""

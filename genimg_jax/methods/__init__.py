@@ -1,0 +1,14 @@
+"""Methods: one per model family, each a bundle of pure functions the trainer calls."""
+
+import ml_collections
+
+from genimg_jax.methods import diffusion
+from genimg_jax.methods.base import Method
+from genimg_jax.registry import lookup
+
+METHODS = {"diffusion": diffusion.make}
+
+
+def make(config: ml_collections.ConfigDict) -> Method:
+  """The method named by config.method, built from the config (validated on the way)."""
+  return lookup("config.method", config.method, METHODS)(config)

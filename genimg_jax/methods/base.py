@@ -1,0 +1,89 @@
+"""The method interface and the pieces every family shares: train state, optimizer, EMA."""
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from genimg_jax.config import require
+
+PyTree = Any
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step updates; the whole of it is checkpointed.
+
+  step: int32 scalar, the number of updates applied so far.
+  params: trainable parameters (float32). opt_state: the optax state.
+  ema_params: exponential moving average of params, used for sampling and eval.
+  """
+
+  step: jax.Array
+  params: PyTree
+  opt_state: PyTree
+  ema_params: PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A model family as pure functions; the trainer knows nothing else about it.
+
+  init(rng) -> TrainState.
+  train_step(state, batch, rng) -> (state, metrics of scalars); batch["image"] is
+    [B, H, W, C] float32 in [-1, 1].
+  sample(params, rng, num) -> [num, H, W, C] float32 images in [-1, 1]; `num` static.
+  eval_step(params, batch, rng) -> metrics of scalars averaged over the batch, or None.
+  image_shape: (H, W, C) of the images it trains on and samples.
+  """
+
+  init: Callable[[jax.Array], TrainState]
+  train_step: Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]
+  sample: Callable[[PyTree, jax.Array, int], jax.Array]
+  eval_step: Callable[[PyTree, Batch, jax.Array], Metrics] | None
+  image_shape: tuple[int, int, int]
+
+
+def optimizer_config() -> ml_collections.ConfigDict:
+  """Defaults of an `optimizer` section: Adam with linear warm-up and global-norm clipping."""
+  return ml_collections.ConfigDict({
+      "learning_rate": 2e-4,
+      "warmup_steps": 0,
+      "b1": 0.9,
+      "b2": 0.999,
+      "eps": 1e-8,
+      "weight_decay": 0.0,
+      "grad_clip": 1.0,  # 0: no clipping
+  })
+
+
+def make_optimizer(opt: ml_collections.ConfigDict, field: str = "optimizer"):
+  """(optax transformation, learning-rate schedule step -> lr) from an optimizer section."""
+  require(opt.learning_rate > 0, f"{field}.learning_rate", "must be > 0")
+  require(opt.warmup_steps >= 0, f"{field}.warmup_steps", "must be >= 0")
+  require(0 <= opt.b1 < 1 and 0 <= opt.b2 < 1, f"{field}.b1", "b1 and b2 must be in [0, 1)")
+  require(opt.grad_clip >= 0, f"{field}.grad_clip", "must be >= 0")
+  if opt.warmup_steps:
+    schedule = optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps)
+  else:
+    schedule = optax.constant_schedule(opt.learning_rate)
+  adam = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
+  tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), adam) if opt.grad_clip else adam
+  return tx, schedule
+
+
+def ema_update(ema: PyTree, params: PyTree, decay: float, step: jax.Array) -> PyTree:
+  """ema <- d * ema + (1 - d) * params with d = min(decay, (1 + step) / (10 + step)).
+
+  The warm-up term lets the average forget the random initialisation early on;
+  after a few thousand steps d equals `decay`.
+  """
+  stepf = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + stepf) / (10.0 + stepf))
+  return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)

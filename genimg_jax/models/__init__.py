@@ -1,0 +1,1 @@
+"""Flax linen modules. Models import nothing from methods, train or evaluation."""

@@ -1,0 +1,67 @@
+"""The DDPM UNet (Ho et al. 2020, the `diffusion_tf` architecture) in flax.linen."""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from genimg_jax.models import layers
+
+
+class UNet(nn.Module):
+  """Noise-prediction UNet: x_t [B, H, W, C] float, t [B] -> [B, H, W, out_ch] float32.
+
+  Each of `len(ch_mult)` levels holds `num_res_blocks` residual blocks of width
+  `ch * ch_mult[i]` (self-attention after each where the current resolution is in
+  `attn_resolutions`) and halves the resolution except at the last level; the
+  decoder mirrors it with one more block per level, fed by skip connections.
+  H and W must be divisible by 2 ** (len(ch_mult) - 1).
+  """
+
+  ch: int
+  ch_mult: Sequence[int]
+  num_res_blocks: int
+  attn_resolutions: Sequence[int]
+  dropout: float
+  out_ch: int
+  num_heads: int = 1
+  norm_groups: int = 32
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, t: jax.Array, *, train: bool) -> jax.Array:
+    block = lambda ch: layers.ResBlock(ch, self.dropout, self.norm_groups, self.dtype)
+    attn = lambda: layers.AttnBlock(self.num_heads, self.norm_groups, self.dtype)
+
+    temb = layers.timestep_embedding(t, self.ch)
+    temb = nn.Dense(4 * self.ch, dtype=self.dtype)(temb)
+    temb = nn.Dense(4 * self.ch, dtype=self.dtype)(nn.silu(temb))
+
+    h = nn.Conv(self.ch, (3, 3), dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
+    skips = [h]
+    for level, mult in enumerate(self.ch_mult):
+      for _ in range(self.num_res_blocks):
+        h = block(self.ch * mult)(h, temb, train=train)
+        if h.shape[1] in self.attn_resolutions:
+          h = attn()(h)
+        skips.append(h)
+      if level != len(self.ch_mult) - 1:
+        h = layers.Downsample(self.dtype)(h)
+        skips.append(h)
+
+    h = block(h.shape[-1])(h, temb, train=train)
+    h = attn()(h)
+    h = block(h.shape[-1])(h, temb, train=train)
+
+    for level, mult in reversed(list(enumerate(self.ch_mult))):
+      for _ in range(self.num_res_blocks + 1):
+        h = block(self.ch * mult)(jnp.concatenate([h, skips.pop()], axis=-1), temb, train=train)
+        if h.shape[1] in self.attn_resolutions:
+          h = attn()(h)
+      if level != 0:
+        h = layers.Upsample(self.dtype)(h)
+
+    h = nn.silu(nn.GroupNorm(self.norm_groups, dtype=self.dtype)(h))
+    h = layers.zero_init_conv(self.out_ch, 3, self.dtype, name="conv_out")(h)
+    return h.astype(jnp.float32)

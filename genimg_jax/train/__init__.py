@@ -1,0 +1,1 @@
+"""The generic trainer: mesh and sharding, the jitted loop, checkpoints, logs."""

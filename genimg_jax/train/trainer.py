@@ -1,0 +1,108 @@
+"""The generic training loop: any method, one code path from 1 CPU to many devices.
+
+Sections: set-up (mesh, method, data, state) / the loop (jitted step, logs,
+checkpoints, sample grids) / tear-down.
+"""
+
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from genimg_jax import config as config_lib
+from genimg_jax import methods
+from genimg_jax.data import datasets, pipeline
+from genimg_jax.errors import DataError
+from genimg_jax.methods.base import TrainState
+from genimg_jax.train import checkpoint as ckpt_lib
+from genimg_jax.train import mesh as mesh_lib
+from genimg_jax.train import steps, workdir as workdir_lib
+from genimg_jax.train.writer import RunWriter
+
+
+def _check_image_shape(source, method) -> None:
+  shape = tuple(np.asarray(source[0]["image"]).shape)
+  if shape != method.image_shape:
+    raise DataError("config.data", f"the data set's images are {shape} (H, W, C) but the config "
+                    f"asks for {method.image_shape} (data.image_size, data.image_size, data.channels)")
+
+
+def _mean_metrics(window: list[dict]) -> dict[str, float]:
+  fetched = jax.device_get(window)
+  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: bool = True) -> TrainState:
+  """Trains config.method to config.train.steps, resuming from workdir's latest checkpoint.
+
+  Writes under workdir: config.json, checkpoints/, tensorboard/, samples/.
+  Returns the final TrainState.
+  """
+  # ---- Set-up: config, mesh, method, data. -------------------------------------------------
+  config_lib.validate_common(config)
+  mesh = mesh_lib.make_mesh()
+  local_batch = mesh_lib.local_batch_size(config.train.batch_size, mesh)
+  method = methods.make(config)
+  keys = steps.root_keys(config.seed)
+
+  source = datasets.open_split(config.data, config.data.train_split)
+  _check_image_shape(source, method)
+  data_iter = iter(pipeline.train_dataset(
+      source, seed=config.seed, local_batch_size=local_batch, process_index=jax.process_index(),
+      process_count=jax.process_count(), random_flip=config.data.random_flip,
+      prefetch_batches=config.data.prefetch_batches))
+
+  # ---- State: restore the latest checkpoint or initialise. --------------------------------
+  state_sharding = mesh_lib.replicated(mesh)
+  checkpointer = ckpt_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir), config.train.keep_checkpoints)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    state = jax.jit(method.init, out_shardings=state_sharding)(keys["init"])
+  else:
+    state = checkpointer.restore(latest, workdir_lib.abstract_state(method, mesh), data_iter)
+  start = int(state.step)
+  workdir_lib.write_config(workdir, config)
+  writer = RunWriter(workdir)
+
+  train_step = steps.jit_train_step(method, mesh, state_sharding)
+  sample = steps.sampler(method, mesh, config.train.num_samples)
+  total = config.train.steps
+
+  # ---- The loop. --------------------------------------------------------------------------
+  window, window_start = [], time.perf_counter()
+  progress = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+                       disable=not show_progress or jax.process_index() != 0)
+  try:
+    for step in range(start + 1, total + 1):
+      batch = mesh_lib.to_global(next(data_iter), mesh)
+      state, metrics = train_step(state, batch, keys["train"])
+      window.append(metrics)
+      progress.update(1)
+      last = step == total
+
+      if step % config.train.log_every == 0 or last:
+        scalars = _mean_metrics(window)
+        seconds = time.perf_counter() - window_start
+        scalars["steps_per_sec"] = len(window) / seconds
+        scalars["images_per_sec"] = len(window) * config.train.batch_size / seconds
+        writer.scalars(step, scalars)
+        progress.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.0f}")
+        window, window_start = [], time.perf_counter()
+
+      if step % config.train.checkpoint_every == 0 or last:
+        checkpointer.save(step, state, data_iter)
+
+      if (config.train.sample_every and step % config.train.sample_every == 0) or last:
+        images = sample(state.ema_params, jax.random.fold_in(keys["sample"], step))
+        path = writer.samples(step, images)
+        if path:
+          progress.write(f"step {step}: samples -> {path}")
+  finally:
+    # ---- Tear-down: finish pending checkpoint writes. -----------------------------------
+    progress.close()
+    checkpointer.close()
+    writer.close()
+  return state

@@ -1,0 +1,103 @@
+"""`genimg` end to end in subprocesses: train, sample, eval, a user loss, and user errors."""
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from helpers import DIGITS_CONFIG, REPO, read_scalars, tiny_args
+
+
+def genimg(*args, cwd=REPO, env=None):
+  return subprocess.run([sys.executable, "-m", "genimg_jax.cli", *args], cwd=cwd, capture_output=True,
+                        text=True, env=dict(os.environ, **(env or {})))
+
+
+def _readme_loss_example() -> str:
+  text = open(os.path.join(REPO, "README.md")).read()
+  blocks = re.findall(r"```python\n(# my_losses\.py\n.*?)```", text, flags=re.S)
+  assert len(blocks) == 1, "README must show my_losses.py once"
+  return blocks[0]
+
+
+@pytest.fixture(scope="module")
+def run(data_dir, tmp_path_factory):
+  """A tiny CLI training run using the README's own loss, given by import path from the cwd."""
+  root = tmp_path_factory.mktemp("cli")
+  (root / "my_losses.py").write_text(_readme_loss_example())
+  workdir = str(root / "run")
+  result = genimg("train", "--config", DIGITS_CONFIG, "--workdir", workdir, "--no_progress",
+                  *tiny_args(data_dir, steps=10), "--config.loss.name=my_losses:weighted_eps_loss", cwd=root)
+  assert result.returncode == 0, result.stderr
+  return root, workdir
+
+
+def test_train_writes_the_workdir_with_the_user_loss(run):
+  _, workdir = run
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "samples", "tensorboard"]
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["10"]
+  assert json.load(open(os.path.join(workdir, "config.json")))["loss"]["name"] == "my_losses:weighted_eps_loss"
+  scalars = read_scalars(workdir)
+  weights = [v for _, v in scalars["mean_weight"]]
+  assert len(weights) == 2 and all(0 < w <= 1 for w in weights)
+
+
+def test_sample_is_byte_identical_for_a_seed(run):
+  root, workdir = run
+  digests = {}
+  for name, seed, extra in [("a", 0, []), ("b", 0, []), ("c", 1, []),
+                            ("ddim", 0, ["--sampler", "ddim", "--steps", "50", "--eta", "0.5"]),
+                            ("ddpm", 0, ["--sampler", "ddpm"])]:
+    out = str(root / f"{name}.png")
+    result = genimg("sample", "--workdir", workdir, "--num", "16", "--seed", str(seed), "--out", out, *extra,
+                    cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert "16 samples from step 10" in result.stdout
+    digests[name] = hashlib.sha256(open(out, "rb").read()).hexdigest()
+  assert digests["a"] == digests["b"]
+  assert len({digests[k] for k in ("a", "c", "ddim", "ddpm")}) == 4
+
+
+def test_eval_writes_json(run):
+  root, workdir = run
+  result = genimg("eval", "--workdir", workdir, cwd=root)
+  assert result.returncode == 0, result.stderr
+  metrics = json.load(open(os.path.join(workdir, "eval", "step_0000010.json")))
+  assert metrics["split"] == "test" and metrics["num_examples"] == 288 and metrics["step"] == 10
+  assert 0 < metrics["loss"] < 10
+
+
+def test_train_resumes_in_the_same_workdir(run, data_dir):
+  root, workdir = run
+  result = genimg("train", "--config", DIGITS_CONFIG, "--workdir", workdir, "--no_progress",
+                  *tiny_args(data_dir, steps=15), "--config.loss.name=my_losses:weighted_eps_loss", cwd=root)
+  assert result.returncode == 0, result.stderr
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == ["10", "15"]
+  assert [s for s, _ in read_scalars(workdir)["loss"]] == [5, 10, 15]
+
+
+@pytest.mark.parametrize("args,env,field", [
+    (["--config.train.stepz=3"], {}, "config.train.stepz"),
+    (["--config.train.steps=ten"], {}, "config.train.steps"),
+    (["--config.train.batch_size=16"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"},
+     "config.train.batch_size"),
+    (["--config.data.name=no_such_data"], {}, "config.data.name"),
+])
+def test_user_errors_are_one_line_naming_the_field(args, env, field, tmp_path):
+  workdir = tmp_path / "run"
+  result = genimg("train", "--config", DIGITS_CONFIG, "--workdir", str(workdir), *args, env=env)
+  assert result.returncode == 2
+  assert "Traceback" not in result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"genimg: error: {field}: "), result.stderr
+  assert not workdir.exists()  # Nothing half-written.
+
+
+def test_sample_without_a_run_names_the_workdir(tmp_path):
+  result = genimg("sample", "--workdir", str(tmp_path), "--out", str(tmp_path / "x.png"))
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.startswith(f"genimg: error: {tmp_path}: no config.json here")

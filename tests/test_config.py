@@ -1,0 +1,83 @@
+"""Config files, overrides and validation errors."""
+
+import pytest
+
+from genimg_jax import config as config_lib
+from genimg_jax import methods
+from genimg_jax.errors import ConfigError
+from helpers import DIGITS_CONFIG
+
+
+def test_overrides_are_parsed_by_field_type():
+  config = config_lib.load(DIGITS_CONFIG, [
+      "--config.train.steps=7", "--config.optimizer.learning_rate=3e-4", "--config.data.random_flip=true",
+      "--config.model.ch_mult=(1,2,4)", "--config.loss.name", "my_mod:fn", "--config.optimizer.b1=0"])
+  assert config.train.steps == 7
+  assert config.optimizer.learning_rate == 3e-4
+  assert config.data.random_flip is True
+  assert config.model.ch_mult == (1, 2, 4)
+  assert config.loss.name == "my_mod:fn"
+  assert config.optimizer.b1 == 0.0 and isinstance(config.optimizer.b1, float)
+
+
+@pytest.mark.parametrize("override,field,words", [
+    ("--config.train.stepz=3", "config.train.stepz", "unknown field"),
+    ("--config.trian.steps=3", "config.trian.steps", "unknown field 'trian'"),
+    ("--config.train.steps=abc", "config.train.steps", "cannot parse 'abc' as int"),
+    ("--config.data.random_flip=maybe", "config.data.random_flip", "cannot parse"),
+    ("--config.train=3", "config.train", "is a section"),
+    ("--config.train.steps", "config.train.steps", "missing value"),
+    ("--confg.train.steps=3", "--confg.train.steps=3", "unknown argument"),
+])
+def test_bad_overrides_name_the_field(override, field, words):
+  with pytest.raises(ConfigError) as e:
+    config_lib.load(DIGITS_CONFIG, [override])
+  assert e.value.where == field
+  assert words in str(e.value)
+
+
+def test_missing_or_bad_config_file(tmp_path):
+  with pytest.raises(ConfigError, match="no such config file"):
+    config_lib.load(str(tmp_path / "nope.py"), [])
+  bad = tmp_path / "bad.py"
+  bad.write_text("x = 1\n")
+  with pytest.raises(ConfigError, match="defines no get_config"):
+    config_lib.load(str(bad), [])
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("train.steps", 0, "must be > 0"),
+    ("train.batch_size", -4, "must be > 0"),
+    ("train.sample_every", -1, "must be >= 0"),
+])
+def test_common_validation(field, value, words):
+  config = config_lib.load(DIGITS_CONFIG, [f"--config.{field}={value}"])
+  with pytest.raises(ConfigError, match=words) as e:
+    config_lib.validate_common(config)
+  assert e.value.where == f"config.{field}"
+
+
+@pytest.mark.parametrize("field,value,where", [
+    ("method", "'gann'", "config.method"),
+    ("model.norm_groups", 5, "config.model.norm_groups"),
+    ("data.image_size", 10, "config.data.image_size"),
+    ("diffusion.beta_schedule", "'quadratic'", "config.diffusion.beta_schedule"),
+    ("diffusion.prediction", "'score'", "config.diffusion.prediction"),
+    ("sample.sampler", "'euler'", "config.sample.sampler"),
+    ("sample.steps", 5000, "config.sample.steps"),
+    ("ema.decay", 1.0, "config.ema.decay"),
+    ("loss.name", "'weighted'", "config.loss.name"),
+    ("loss.name", "'no_such_module_xyz:fn'", "config.loss.name"),
+    ("optimizer.learning_rate", -1.0, "config.optimizer.learning_rate"),
+])
+def test_method_validation(field, value, where):
+  config = config_lib.load(DIGITS_CONFIG, [f"--config.{field}={str(value).strip(chr(39))}"])
+  with pytest.raises(ConfigError) as e:
+    methods.make(config)
+  assert e.value.where == where
+
+
+def test_json_round_trip():
+  config = config_lib.load(DIGITS_CONFIG, [])
+  again = config_lib.from_json(config_lib.to_json(config))
+  assert again.to_dict() == config.to_dict()

@@ -1,0 +1,80 @@
+"""DDPM ancestral and DDIM samplers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genimg_jax import methods
+from genimg_jax.losses import diffusion as dl
+from genimg_jax.methods import diffusion_samplers as samplers
+from helpers import tiny_config
+
+
+def _toy_predictor(schedule):
+  """A fixed smooth denoiser: x0_hat depends on x_t and t; eps consistent with it."""
+
+  def predict(x, t):
+    x0 = jnp.tanh(1.3 * x + 0.002 * t[:, None, None, None])
+    abar = schedule.alphas_cumprod[t][:, None, None, None]
+    return x0, (x - jnp.sqrt(abar) * x0) / jnp.sqrt(1 - abar)
+
+  return predict
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+@pytest.mark.parametrize("clip_x0", [True, False])
+def test_ddim_eta1_all_steps_is_ddpm_with_posterior_variance(name, clip_x0):
+  """Equal in float64 up to rounding; in float32 up to the error 1000 steps accumulate."""
+  shape = (4, 6, 6, 2)
+  rng = jax.random.PRNGKey(3)
+  for dtype, atol in ((jnp.float64, 1e-9), (jnp.float32, 1e-3)):
+    with jax.enable_x64(dtype == jnp.float64):
+      schedule = dl.Schedule.from_betas(dl.beta_schedule(name, 1000), dtype=dtype)
+      predict = _toy_predictor(schedule)
+      ddpm = samplers.ddpm(predict, schedule, rng, shape, variance="beta_tilde", clip_x0=clip_x0)
+      ddim = samplers.ddim(predict, schedule, rng, shape, num_steps=1000, eta=1.0, clip_x0=clip_x0)
+      assert ddpm.dtype == dtype and float(jnp.abs(ddpm).max()) > 0.1
+      np.testing.assert_allclose(ddim, ddpm, atol=atol, rtol=0)
+  # Not trivially equal: eta = 0 and DDPM's beta variance both give other samples.
+  assert not np.allclose(samplers.ddim(predict, schedule, rng, shape, num_steps=1000, eta=0.0,
+                                       clip_x0=clip_x0), ddpm, atol=1e-2)
+  assert not np.allclose(samplers.ddpm(predict, schedule, rng, shape, variance="beta",
+                                       clip_x0=clip_x0), ddpm, atol=1e-2)
+
+
+def test_ddim_eta0_with_perfect_denoiser_recovers_the_image():
+  """A denoiser that knows x0 gives x0 back from pure noise in a few deterministic steps."""
+  schedule = dl.Schedule.from_betas(dl.beta_schedule("linear", 1000))
+  target = jnp.linspace(-0.9, 0.9, 2 * 4 * 4).reshape(2, 4, 4, 1)
+
+  def predict(x, t):
+    abar = schedule.alphas_cumprod[t][:, None, None, None]
+    return target, (x - jnp.sqrt(abar) * target) / jnp.sqrt(1 - abar)
+
+  out = samplers.ddim(predict, schedule, jax.random.PRNGKey(0), target.shape, num_steps=10, eta=0.0)
+  np.testing.assert_allclose(out, target, atol=1e-5)
+
+
+def test_ddim_timesteps():
+  np.testing.assert_array_equal(samplers.ddim_timesteps(10, 10), np.arange(10))
+  ts = samplers.ddim_timesteps(1000, 50)
+  assert len(ts) == 50 and ts[0] == 0 and ts[-1] == 999 and np.all(np.diff(ts) > 0)
+  with pytest.raises(ValueError, match="DDIM steps"):
+    samplers.ddim_timesteps(10, 11)
+
+
+def test_method_sample_ddim_eta1_equals_ddpm(data_dir):
+  """The same equivalence through the method's UNet, with perturbed (non-trivial) weights."""
+  config = tiny_config(data_dir)
+  config.unlock()
+  config.diffusion.num_timesteps = 50
+  state = methods.make(config).init(jax.random.PRNGKey(0))
+  params = jax.tree.map(lambda p: p + 0.02 * jnp.sin(jnp.arange(p.size).reshape(p.shape)), state.params)
+  results = {}
+  for sampler, eta in (("ddpm", 0.0), ("ddim", 1.0)):
+    config.sample.sampler, config.sample.steps, config.sample.eta = sampler, 50, eta
+    results[sampler] = jax.jit(methods.make(config).sample, static_argnums=2)(params, jax.random.PRNGKey(7), 4)
+  assert results["ddpm"].shape == (4, 8, 8, 1)
+  assert float(results["ddpm"].min()) >= -1 and float(results["ddpm"].max()) <= 1
+  np.testing.assert_allclose(results["ddim"], results["ddpm"], atol=2e-4)
