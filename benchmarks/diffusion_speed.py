@@ -59,7 +59,7 @@ def measure(config_name: str, batch_size: int, windows: int, steps_per_window: i
   start = time.perf_counter()
   compiled = train_step.lower(state, batch, keys["train"]).compile()
   compile_s = time.perf_counter() - start
-  state, _ = _timed(compiled, state, batch, keys["train"])
+  (state, _), _ = _timed(compiled, state, batch, keys["train"])  # warm-up step, untimed
   seconds = []
   for _ in range(windows):
     start = time.perf_counter()

@@ -101,3 +101,14 @@ def test_sample_without_a_run_names_the_workdir(tmp_path):
   result = genimg("sample", "--workdir", str(tmp_path), "--out", str(tmp_path / "x.png"))
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert result.stderr.startswith(f"genimg: error: {tmp_path}: no config.json here")
+
+
+
+def test_sample_with_config_but_no_checkpoint_names_the_directory(tmp_path):
+  from genimg_jax import config as config_lib
+
+  (tmp_path / "config.json").write_text(config_lib.to_json(config_lib.load(DIGITS_CONFIG, [])))
+  result = genimg("sample", "--workdir", str(tmp_path), "--out", str(tmp_path / "x.png"))
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.startswith(f"genimg: error: {tmp_path / 'checkpoints'}: no checkpoint found")
+  assert sorted(os.listdir(tmp_path)) == ["config.json"]

@@ -1,5 +1,7 @@
 """Config files, overrides and validation errors."""
 
+import os
+
 import pytest
 
 from genimg_jax import config as config_lib
@@ -81,3 +83,17 @@ def test_json_round_trip():
   config = config_lib.load(DIGITS_CONFIG, [])
   again = config_lib.from_json(config_lib.to_json(config))
   assert again.to_dict() == config.to_dict()
+
+
+def test_runtime_sets_gpu_determinism_flag_once(monkeypatch):
+  from genimg_jax.train import runtime
+
+  config = config_lib.load(DIGITS_CONFIG, [])
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  runtime.setup(config)
+  runtime.setup(config)
+  assert os.environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=1 "
+                                     "--xla_gpu_deterministic_ops=true")
+  monkeypatch.setenv("XLA_FLAGS", "")
+  runtime.setup(config_lib.load(DIGITS_CONFIG, ["--config.deterministic=false"]))
+  assert os.environ["XLA_FLAGS"] == ""

@@ -14,13 +14,16 @@ class Checkpointer:
 
   Each step holds two items: `state` (the TrainState pytree) and `data` (the grain
   iterator's state, one file per process). Saves are asynchronous; `close` waits.
+  With create=False a missing directory is a CheckpointError (for reading a run).
   """
 
-  def __init__(self, directory: str, keep: int = 3):
+  def __init__(self, directory: str, keep: int = 3, create: bool = True):
     self.directory = os.path.abspath(directory)
+    if not create and not os.path.isdir(self.directory):
+      raise CheckpointError(self.directory, "no checkpoint found (the directory does not exist)")
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                              enable_async_checkpointing=True))
 
   def latest_step(self) -> int | None:

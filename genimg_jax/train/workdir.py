@@ -48,7 +48,7 @@ def restore_latest(workdir: str, config: ml_collections.ConfigDict):
   """(method, mesh, state, step) from the newest checkpoint of a run; for sampling and eval."""
   method = methods.make(config)
   mesh = mesh_lib.make_mesh()
-  checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(workdir), config.train.keep_checkpoints)
+  checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(workdir), config.train.keep_checkpoints, create=False)
   try:
     step = checkpointer.latest_step()
     if step is None:
