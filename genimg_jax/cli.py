@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from genimg_jax.errors import UserError
+from genimg_jax.errors import Preempted, UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
       _eval(args)
   except UserError as e:
     print(f"genimg: error: {e}", file=sys.stderr)
+    return e.exit_code
+  except Preempted as e:
+    print(f"genimg: stopped: {e}", file=sys.stderr)
     return e.exit_code
   return 0
 

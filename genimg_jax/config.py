@@ -42,6 +42,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.sample_every = 0  # 0: only at the end
   c.train.num_samples = 64
   c.train.eval_batches = 0  # eval-split batches averaged by `genimg eval`; 0: the whole split
+  # Updates with a NaN/Inf loss, metric or parameter are skipped; this many in a row stop the run.
+  c.train.max_consecutive_nonfinite = 5
+
+  c.debug = ml_collections.ConfigDict()
+  c.debug.nans = False  # jax_debug_nans: stop at the first op that produces a NaN, and name it
+  c.debug.inject_nan_at_steps = ()  # test hook: NaN batches at these steps (0-based update index)
   return c
 
 
@@ -157,7 +163,7 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
   """Checks the shared sections; a method checks its own in its factory."""
   require(isinstance(config.seed, int) and config.seed >= 0, "seed", "must be an integer >= 0")
   for field in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
-                "num_samples"):
+                "num_samples", "max_consecutive_nonfinite"):
     require(config.train[field] > 0, f"train.{field}", f"must be > 0, got {config.train[field]}")
   for field in ("sample_every", "eval_batches"):
     require(config.train[field] >= 0, f"train.{field}", f"must be >= 0, got {config.train[field]}")

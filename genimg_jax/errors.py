@@ -1,8 +1,16 @@
-"""User-facing errors: each names the field, file or step that is wrong.
+"""User-facing errors and warnings: each names the field, file or step concerned.
 
 The CLI turns these into a one-line message and a non-zero exit code; anything
 else that escapes is a bug and keeps its traceback.
 """
+
+
+import sys
+
+
+def warn(where: str, message: str) -> None:
+  """One line on stderr: `genimg: warning: <where>: <message>`."""
+  print(f"genimg: warning: {where}: {message}", file=sys.stderr, flush=True)
 
 
 class UserError(Exception):
@@ -26,3 +34,15 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
   """A workdir has no usable checkpoint or resolved config."""
+
+
+class TrainingDiverged(UserError):
+  """Too many consecutive updates had non-finite values; the last good checkpoint is kept."""
+
+  exit_code = 3
+
+
+class Preempted(Exception):
+  """Training stopped on a signal or preemption notice after saving a checkpoint."""
+
+  exit_code = 75  # EX_TEMPFAIL: run the same command again to resume.

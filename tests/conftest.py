@@ -1,7 +1,14 @@
 import os
 import sys
+import tempfile
 
 import pytest
+
+# Identical programs compile once for the whole suite, its worker and child processes included
+# (a persistent XLA cache keyed by the program and the JAX version).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "genimg_jax_tests_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

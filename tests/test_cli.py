@@ -38,7 +38,7 @@ def run(data_dir, tmp_path_factory):
 
 def test_train_writes_the_workdir_with_the_user_loss(run):
   _, workdir = run
-  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "samples", "tensorboard"]
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "config_history", "samples", "tensorboard"]
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["10"]
   assert json.load(open(os.path.join(workdir, "config.json")))["loss"]["name"] == "my_losses:weighted_eps_loss"
   scalars = read_scalars(workdir)
@@ -78,6 +78,9 @@ def test_train_resumes_in_the_same_workdir(run, data_dir):
   assert result.returncode == 0, result.stderr
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == ["10", "15"]
   assert [s for s, _ in read_scalars(workdir)["loss"]] == [5, 10, 15]
+  history = sorted(os.listdir(os.path.join(workdir, "config_history")))
+  assert history == ["step_0000000.json", "step_0000010.json"]
+  assert json.load(open(os.path.join(workdir, "config_history", history[1])))["train"]["steps"] == 15
 
 
 @pytest.mark.parametrize("args,env,field", [

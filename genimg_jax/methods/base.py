@@ -64,7 +64,11 @@ def optimizer_config() -> ml_collections.ConfigDict:
 
 
 def make_optimizer(opt: ml_collections.ConfigDict, field: str = "optimizer"):
-  """(optax transformation, learning-rate schedule step -> lr) from an optimizer section."""
+  """(optax transformation, learning_rate(opt_state) -> the rate its next update applies).
+
+  The schedule counts the optimizer's own updates, so it pauses while non-finite
+  updates are skipped (the optimizer state is left unchanged then).
+  """
   require(opt.learning_rate > 0, f"{field}.learning_rate", "must be > 0")
   require(opt.warmup_steps >= 0, f"{field}.warmup_steps", "must be >= 0")
   require(0 <= opt.b1 < 1 and 0 <= opt.b2 < 1, f"{field}.b1", "b1 and b2 must be in [0, 1)")
@@ -75,7 +79,13 @@ def make_optimizer(opt: ml_collections.ConfigDict, field: str = "optimizer"):
     schedule = optax.constant_schedule(opt.learning_rate)
   adam = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
   tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), adam) if opt.grad_clip else adam
-  return tx, schedule
+
+  def learning_rate(opt_state) -> jax.Array:
+    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
+    (counter,) = [x for x in jax.tree.leaves(opt_state, is_leaf=is_schedule) if is_schedule(x)]
+    return jnp.asarray(schedule(counter.count), jnp.float32)
+
+  return tx, learning_rate
 
 
 def ema_update(ema: PyTree, params: PyTree, decay: float, step: jax.Array) -> PyTree:

@@ -111,7 +111,7 @@ def make(config: ml_collections.ConfigDict) -> Method:
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=ema_update(state.ema_params, params, ema_decay, state.step))
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   learning_rate=learning_rate(state.step))
+                   learning_rate=learning_rate(state.opt_state))
     return new_state, metrics
 
   def eval_step(params, batch, rng):

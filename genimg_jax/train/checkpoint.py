@@ -1,12 +1,49 @@
-"""Orbax checkpoints of the train state together with the data-iterator position."""
+"""Orbax checkpoints of the train state together with the data-iterator position.
+
+Orbax writes each checkpoint into a temporary directory and renames it when
+complete, so a crash mid-write leaves the previous checkpoints untouched. A
+checkpoint that is complete but unreadable (truncated or corrupted files) is
+moved aside as `<step>.corrupt` with a warning, and the next older one is used.
+"""
 
 import os
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
-from genimg_jax.errors import CheckpointError
+from genimg_jax.errors import CheckpointError, warn
+
+
+def _path_str(path) -> str:
+  """A pytree path as 'a/b/0', the same for dataclass fields, dict keys and list indices."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+  return "/".join(parts)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """{path: shape} of every array-like leaf with a shape."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+  return {_path_str(p): tuple(leaf.shape) for p, leaf in leaves if hasattr(leaf, "shape")}
+
+
+def describe_mismatch(saved: dict[str, tuple], expected: dict[str, tuple], limit: int = 5) -> str | None:
+  """The first differing paths between two {path: shape} maps (`params/...` first), or None."""
+  order = lambda paths: sorted(paths, key=lambda p: (not p.startswith("params/"), p))
+  problems = [f"{p}: checkpoint has {saved[p]}, config gives {expected[p]}"
+              for p in order(saved.keys() & expected.keys()) if saved[p] != expected[p]]
+  problems += [f"{p}: only in the checkpoint" for p in order(saved.keys() - expected.keys())]
+  problems += [f"{p}: not in the checkpoint" for p in order(expected.keys() - saved.keys())]
+  if not problems:
+    return None
+  more = f"; and {len(problems) - limit} more" if len(problems) > limit else ""
+  return "; ".join(problems[:limit]) + more
 
 
 class Checkpointer:
@@ -24,7 +61,9 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
-                                             enable_async_checkpointing=True))
+                                             enable_async_checkpointing=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -33,20 +72,64 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)))
 
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def _check_shapes(self, step: int, abstract_state) -> None:
+    """Raises CheckpointError listing differing paths if the checkpoint does not fit the config."""
+    saved = _shapes(self._manager.item_metadata(step)["state"])
+    mismatch = describe_mismatch(saved, _shapes(abstract_state))
+    if mismatch:
+      raise CheckpointError(os.path.join(self.directory, str(step)),
+                            f"the checkpoint does not match the configured model or optimizer: {mismatch}")
+
   def restore(self, step: int, abstract_state, data_iterator=None):
     """The state at `step`, laid out as `abstract_state` (ShapeDtypeStructs with shardings).
 
     If `data_iterator` is given, its position is restored in place too.
+    Raises CheckpointError if the shapes differ from `abstract_state`.
     """
+    self._check_shapes(step, abstract_state)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    except (ValueError, KeyError, FileNotFoundError) as e:
-      raise CheckpointError(f"{self.directory}/{step}",
-                            f"cannot restore this checkpoint into the configured model: {e}") from None
-    return restored["state"]
+    return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+  def restore_latest(self, abstract_state, data_iterator=None):
+    """(state, step) from the newest readable checkpoint, or None if there is none.
+
+    An unreadable checkpoint is moved aside (`<step>.corrupt`) with a warning and
+    the next older one is tried; a shape mismatch is a CheckpointError instead.
+    """
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    for step in steps:
+      path = os.path.join(self.directory, str(step))
+      try:
+        return self.restore(step, abstract_state, data_iterator), step
+      except CheckpointError:
+        raise
+      except Exception as e:  # Corrupt files fail in many ways (OSError, ValueError, tensorstore).
+        moved = self._quarantine(step)
+        warn(path, f"unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+             f"moved to {moved}, trying an older one")
+    if steps:
+      raise CheckpointError(self.directory, f"no readable checkpoint: steps {steps} are all corrupt "
+                            "(moved aside as <step>.corrupt)")
+    return None
+
+  def _quarantine(self, step: int) -> str:
+    """Renames checkpoint `step` to a free `<step>.corrupt[N]` name; returns the new path."""
+    path = os.path.join(self.directory, str(step))
+    moved, n = f"{path}.corrupt", 0
+    while os.path.exists(moved):
+      n += 1
+      moved = f"{path}.corrupt{n}"
+    if jax.process_index() == 0:
+      os.replace(path, moved)
+    multihost_utils.sync_global_devices(f"genimg quarantine checkpoint {step}")
+    self._manager.reload()
+    return moved
 
   def close(self) -> None:
     self._manager.wait_until_finished()

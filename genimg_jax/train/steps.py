@@ -1,6 +1,9 @@
 """Seeds and the jitted, sharded functions built around a method's pure functions."""
 
+from typing import Sequence
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -15,16 +18,39 @@ def root_keys(seed: int) -> dict[str, jax.Array]:
   return {name: jax.random.fold_in(root, i) for i, name in enumerate(("init", "train", "sample", "eval"))}
 
 
-def jit_train_step(method: Method, mesh: Mesh, state_sharding):
-  """(state, global batch, train key) -> (state, metrics); the step key is fold_in(key, state.step).
+def _all_finite(tree) -> jax.Array:
+  arrays = [jnp.asarray(x) for x in jax.tree.leaves(tree)]
+  leaves = [jnp.all(jnp.isfinite(x)) for x in arrays if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
-  The state is donated: its buffers are reused for the new state.
+
+def guarded_step(method: Method, inject_nan_at_steps: Sequence[int] = ()):
+  """(state, batch, train key) -> (state, metrics), skipping updates with non-finite values.
+
+  The step key is fold_in(train_key, state.step). If any metric or any entry of
+  the updated state is NaN/Inf, the update is dropped (all but `step` keep their
+  old values; `step` still advances) and metrics["nonfinite"] is 1.0, else 0.0.
+  `inject_nan_at_steps` (a test hook) replaces the batch images with NaN at those steps.
   """
+  poison_steps = jnp.asarray(tuple(inject_nan_at_steps), jnp.int32)
 
   def step(state, batch, train_key):
-    return method.train_step(state, batch, jax.random.fold_in(train_key, state.step))
+    if len(inject_nan_at_steps):
+      poisoned = jnp.any(state.step == poison_steps)
+      batch = dict(batch, image=jnp.where(poisoned, jnp.nan, batch["image"]))
+    new_state, metrics = method.train_step(state, batch, jax.random.fold_in(train_key, state.step))
+    finite = _all_finite(metrics) & _all_finite(new_state)
+    # lax.cond, not an elementwise where over the state: XLA's CPU compile time explodes on that.
+    kept = jax.lax.cond(finite, lambda: new_state, lambda: state)
+    return kept.replace(step=new_state.step), dict(metrics, nonfinite=1.0 - finite.astype(jnp.float32))
 
-  return jax.jit(step, in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)),
+  return step
+
+
+def jit_train_step(method: Method, mesh: Mesh, state_sharding, inject_nan_at_steps: Sequence[int] = ()):
+  """`guarded_step` jitted over `mesh`: batch sharded on `data`, the state donated and reused."""
+  return jax.jit(guarded_step(method, inject_nan_at_steps),
+                 in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)),
                  out_shardings=(state_sharding, mesh_lib.replicated(mesh)), donate_argnums=0)
 
 

@@ -1,10 +1,9 @@
 """The generic training loop: any method, one code path from 1 CPU to many devices.
 
 Sections: set-up (mesh, method, data, state) / the loop (jitted step, logs,
-checkpoints, sample grids) / tear-down.
+checkpoints, sample grids, stop requests) / tear-down.
 """
 
-import os
 import time
 
 import jax
@@ -15,9 +14,10 @@ import tqdm
 from genimg_jax import config as config_lib
 from genimg_jax import methods
 from genimg_jax.data import datasets, pipeline
-from genimg_jax.errors import DataError
+from genimg_jax.errors import DataError, Preempted, TrainingDiverged
 from genimg_jax.methods.base import TrainState
 from genimg_jax.train import checkpoint as ckpt_lib
+from genimg_jax.train import guards
 from genimg_jax.train import mesh as mesh_lib
 from genimg_jax.train import steps, workdir as workdir_lib
 from genimg_jax.train.writer import RunWriter
@@ -38,8 +38,10 @@ def _mean_metrics(window: list[dict]) -> dict[str, float]:
 def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: bool = True) -> TrainState:
   """Trains config.method to config.train.steps, resuming from workdir's latest checkpoint.
 
-  Writes under workdir: config.json, checkpoints/, tensorboard/, samples/.
-  Returns the final TrainState.
+  Writes under workdir: config.json (and config_history/), checkpoints/,
+  tensorboard/, samples/. Returns the final TrainState.
+  Raises Preempted after checkpointing on SIGTERM/SIGINT or a preemption notice,
+  and TrainingDiverged after config.train.max_consecutive_nonfinite skipped updates.
   """
   # ---- Set-up: config, mesh, method, data. -------------------------------------------------
   config_lib.validate_common(config)
@@ -55,20 +57,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
       process_count=jax.process_count(), random_flip=config.data.random_flip,
       prefetch_batches=config.data.prefetch_batches))
 
-  # ---- State: restore the latest checkpoint or initialise. --------------------------------
+  # ---- State: restore the newest readable checkpoint or initialise. -----------------------
+  # Nothing is written before this point, so a config that does not fit the run fails clean.
   state_sharding = mesh_lib.replicated(mesh)
   checkpointer = ckpt_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir), config.train.keep_checkpoints)
-  latest = checkpointer.latest_step()
-  if latest is None:
+  restored = checkpointer.restore_latest(workdir_lib.abstract_state(method, mesh), data_iter)
+  if restored is None:
     state = jax.jit(method.init, out_shardings=state_sharding)(keys["init"])
+    last_checkpoint = None
   else:
-    state = checkpointer.restore(latest, workdir_lib.abstract_state(method, mesh), data_iter)
+    state, last_checkpoint = restored
   start = int(state.step)
-  workdir_lib.write_config(workdir, config)
+  workdir_lib.write_config(workdir, config, start)
   writer = RunWriter(workdir)
 
-  train_step = steps.jit_train_step(method, mesh, state_sharding)
+  train_step = steps.jit_train_step(method, mesh, state_sharding, config.debug.inject_nan_at_steps)
   sample = steps.sampler(method, mesh, config.train.num_samples)
+  monitor = guards.NonFiniteMonitor(config.train.max_consecutive_nonfinite)
   total = config.train.steps
 
   # ---- The loop. --------------------------------------------------------------------------
@@ -76,30 +81,45 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
   progress = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
                        disable=not show_progress or jax.process_index() != 0)
   try:
-    for step in range(start + 1, total + 1):
-      batch = mesh_lib.to_global(next(data_iter), mesh)
-      state, metrics = train_step(state, batch, keys["train"])
-      window.append(metrics)
-      progress.update(1)
-      last = step == total
+    with guards.StopSignal() as stop:
+      for step in range(start + 1, total + 1):
+        batch = mesh_lib.to_global(next(data_iter), mesh)
+        try:
+          state, metrics = train_step(state, batch, keys["train"])
+        except FloatingPointError as e:  # Only with config.debug.nans.
+          raise TrainingDiverged(f"step {step}", f"config.debug.nans: {str(e).splitlines()[0]}") from None
+        window.append(metrics)
+        monitor.add(step, metrics)
+        progress.update(1)
+        last = step == total
+        preempted = stop.requested(step)
 
-      if step % config.train.log_every == 0 or last:
-        scalars = _mean_metrics(window)
-        seconds = time.perf_counter() - window_start
-        scalars["steps_per_sec"] = len(window) / seconds
-        scalars["images_per_sec"] = len(window) * config.train.batch_size / seconds
-        writer.scalars(step, scalars)
-        progress.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.0f}")
-        window, window_start = [], time.perf_counter()
+        if step % config.train.log_every == 0 or last:
+          monitor.check(last_checkpoint)
+          scalars = _mean_metrics(window)
+          seconds = time.perf_counter() - window_start
+          scalars["steps_per_sec"] = len(window) / seconds
+          scalars["images_per_sec"] = len(window) * config.train.batch_size / seconds
+          scalars["skipped_updates_total"] = monitor.skipped_total
+          writer.scalars(step, scalars)
+          progress.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.0f}")
+          window, window_start = [], time.perf_counter()
 
-      if step % config.train.checkpoint_every == 0 or last:
-        checkpointer.save(step, state, data_iter)
+        if step % config.train.checkpoint_every == 0 or last or preempted:
+          monitor.check(last_checkpoint)
+          checkpointer.save(step, state, data_iter)
+          last_checkpoint = step
 
-      if (config.train.sample_every and step % config.train.sample_every == 0) or last:
-        images = sample(state.ema_params, jax.random.fold_in(keys["sample"], step))
-        path = writer.samples(step, images)
-        if path:
-          progress.write(f"step {step}: samples -> {path}")
+        if preempted:
+          checkpointer.wait()
+          raise Preempted(f"{stop.received} at step {step}: checkpoint saved to "
+                          f"{checkpointer.directory}/{step}; run the same command to resume")
+
+        if (config.train.sample_every and step % config.train.sample_every == 0) or last:
+          images = sample(state.ema_params, jax.random.fold_in(keys["sample"], step))
+          path = writer.samples(step, images)
+          if path:
+            progress.write(f"step {step}: samples -> {path}")
   finally:
     # ---- Tear-down: finish pending checkpoint writes. -----------------------------------
     progress.close()

@@ -21,21 +21,27 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
-def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Saves the resolved config as workdir/config.json (process 0 only)."""
+def write_config(workdir: str, config: ml_collections.ConfigDict, start_step: int) -> None:
+  """Saves the resolved config as workdir/config.json, and as
+  workdir/config_history/step_<start_step>.json for this run segment (process 0 only)."""
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(config_path(workdir), "w") as f:
-      f.write(config_lib.to_json(config))
+    text = config_lib.to_json(config)
+    os.makedirs(os.path.join(workdir, "config_history"), exist_ok=True)
+    for path in (config_path(workdir), os.path.join(workdir, "config_history", f"step_{start_step:07d}.json")):
+      with open(path, "w") as f:
+        f.write(text)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a training run saved in workdir; CheckpointError if there is none."""
+  """The resolved config a training run saved in workdir; CheckpointError if missing or malformed."""
   path = config_path(workdir)
   if not os.path.isfile(path):
     raise CheckpointError(workdir, f"no {os.path.basename(path)} here: is this a `genimg train` workdir?")
-  with open(path) as f:
-    return config_lib.from_json(f.read())
+  try:
+    with open(path) as f:
+      return config_lib.from_json(f.read())
+  except (ValueError, TypeError) as e:
+    raise CheckpointError(path, f"not a valid resolved config ({e})") from None
 
 
 def abstract_state(method, mesh):
@@ -50,10 +56,10 @@ def restore_latest(workdir: str, config: ml_collections.ConfigDict):
   mesh = mesh_lib.make_mesh()
   checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(workdir), config.train.keep_checkpoints, create=False)
   try:
-    step = checkpointer.latest_step()
-    if step is None:
-      raise CheckpointError(checkpoint_dir(workdir), "no checkpoint found")
-    state = checkpointer.restore(step, abstract_state(method, mesh))
+    restored = checkpointer.restore_latest(abstract_state(method, mesh))
   finally:
     checkpointer.close()
+  if restored is None:
+    raise CheckpointError(checkpoint_dir(workdir), "no checkpoint found")
+  state, step = restored
   return method, mesh, state, step
