@@ -115,3 +115,10 @@ def test_sample_with_config_but_no_checkpoint_names_the_directory(tmp_path):
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert result.stderr.startswith(f"genimg: error: {tmp_path / 'checkpoints'}: no checkpoint found")
   assert sorted(os.listdir(tmp_path)) == ["config.json"]
+
+
+def test_sample_with_a_malformed_config_json_names_the_file(tmp_path):
+  (tmp_path / "config.json").write_text('{"train": ')
+  result = genimg("sample", "--workdir", str(tmp_path), "--out", str(tmp_path / "x.png"))
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.startswith(f"genimg: error: {tmp_path / 'config.json'}: not a valid resolved config")

@@ -1,5 +1,8 @@
 """The offline digits builder and the grain training pipeline."""
 
+import glob
+import os
+
 import numpy as np
 import pytest
 
@@ -116,3 +119,15 @@ def test_unprepared_catalog_data_set_says_how_to_prepare_it(tmp_path):
   assert "'cifar10' is not prepared" in message and str(tmp_path) in message
   assert "download_and_prepare()" in message
   assert not (tmp_path / "cifar10").exists()  # Nothing half-written.
+
+
+def test_truncated_data_file_names_the_files(tmp_path):
+  config = tiny_config(str(tmp_path))
+  datasets.open_split(config.data, "train")
+  (path,) = glob.glob(str(tmp_path / "sklearn_digits" / "8x8" / "1.0.0" / "*train.array_record*"))
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+  with pytest.raises(DataError) as e:
+    datasets.open_split(config.data, "train")
+  assert e.value.where == str(tmp_path / "sklearn_digits" / "8x8" / "1.0.0" / "sklearn_digits-train.array_record-*")
+  assert "cannot read record" in str(e.value) and "truncated or corrupt" in str(e.value)

@@ -257,3 +257,15 @@ def test_missing_config_file_is_one_clear_line(tmp_path, capsys):
   code = cli.main(["train", "--config", str(tmp_path / "none.py"), "--workdir", str(tmp_path / "run")])
   assert code == 2
   assert capsys.readouterr().err == f"genimg: error: --config: no such config file: {tmp_path / 'none.py'}\n"
+
+
+def test_debug_nans_names_the_first_bad_op(data_dir, tmp_path):
+  config = tiny_config(data_dir, steps=3)
+  config.unlock()
+  config.debug.nans = True
+  config.debug.inject_nan_at_steps = (1,)
+  with pytest.raises(TrainingDiverged) as e:
+    trainer.train(config, str(tmp_path), show_progress=False)
+  # The injection casts a NaN literal into the batch: that cast is the first op with a NaN output.
+  assert str(e.value) == "step 2: config.debug.nans: invalid value (nan) encountered in convert_element_type"
+  assert not jax.config.jax_debug_nans

@@ -67,10 +67,36 @@ def prepare(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   return builder
 
 
-def open_split(data: ml_collections.ConfigDict, split: str):
-  """A random-access source of {'image': uint8 [H, W, C], 'label': int} for one split."""
+class CheckedSource:
+  """Random access to a prepared split; a record that cannot be read raises DataError naming its files."""
+
+  def __init__(self, source, where: str, data_dir: str):
+    self._source = source
+    self._where = where
+    self._data_dir = data_dir
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int):
+    try:
+      return self._source[index]
+    except Exception as e:  # array_record/riegeli and image decoding fail in many ways.
+      raise DataError(self._where, f"cannot read record {index} ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:160]}); the prepared files may be truncated or "
+                      f"corrupt: delete {self._data_dir} to prepare them again") from None
+
+
+def open_split(data: ml_collections.ConfigDict, split: str) -> CheckedSource:
+  """A random-access source of {'image': uint8 [H, W, C], 'label': int} for one split.
+
+  Its first and last records are read once here, so truncated files fail before training.
+  """
   builder = prepare(data)
   if split not in builder.info.splits:
     raise DataError("config.data", f"data set {data.name!r} has no split {split!r}; "
                     f"it has {sorted(builder.info.splits)}")
-  return builder.as_data_source(split=split)
+  where = os.path.join(builder.data_dir, f"{builder.name}-{split}.array_record-*")
+  source = CheckedSource(builder.as_data_source(split=split), where, builder.data_dir)
+  source[0], source[len(source) - 1]  # pylint: disable=pointless-statement
+  return source

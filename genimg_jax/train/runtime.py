@@ -9,7 +9,7 @@ _GPU_DETERMINISM_FLAG = "--xla_gpu_deterministic_ops=true"
 
 
 def setup(config: ml_collections.ConfigDict) -> None:
-  """Deterministic GPU ops (if config.deterministic), partitionable threefry, debug NaNs.
+  """Deterministic GPU ops (if config.deterministic) and partitionable threefry.
 
   XLA reads XLA_FLAGS when the first backend starts, so call this before any
   array is created. With partitionable threefry, random draws do not depend on
@@ -18,4 +18,3 @@ def setup(config: ml_collections.ConfigDict) -> None:
   if config.deterministic and _GPU_DETERMINISM_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _GPU_DETERMINISM_FLAG).strip()
   jax.config.update("jax_threefry_partitionable", True)
-  jax.config.update("jax_debug_nans", bool(config.debug.nans))

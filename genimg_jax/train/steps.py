@@ -47,11 +47,23 @@ def guarded_step(method: Method, inject_nan_at_steps: Sequence[int] = ()):
   return step
 
 
-def jit_train_step(method: Method, mesh: Mesh, state_sharding, inject_nan_at_steps: Sequence[int] = ()):
-  """`guarded_step` jitted over `mesh`: batch sharded on `data`, the state donated and reused."""
+def jit_train_step(method: Method, mesh: Mesh, state_sharding, inject_nan_at_steps: Sequence[int] = (),
+                   donate: bool = True):
+  """`guarded_step` jitted over `mesh`: batch sharded on `data`, the state donated (reused) by default."""
   return jax.jit(guarded_step(method, inject_nan_at_steps),
                  in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)),
-                 out_shardings=(state_sharding, mesh_lib.replicated(mesh)), donate_argnums=0)
+                 out_shardings=(state_sharding, mesh_lib.replicated(mesh)), donate_argnums=0 if donate else ())
+
+
+def first_nan_op(method: Method, state, batch, train_key, inject_nan_at_steps: Sequence[int] = ()) -> str:
+  """Re-runs one step op by op with jax_debug_nans on; returns JAX's message naming the first op
+  that made a NaN. (JAX checks only the first call of a jitted function by itself.)"""
+  with jax.disable_jit(), jax.debug_nans(True):
+    try:
+      guarded_step(method, inject_nan_at_steps)(state, batch, train_key)
+    except FloatingPointError as e:
+      return str(e).splitlines()[0]
+  return "no NaN when re-run op by op (an Inf, or a NaN only the compiled program makes)"
 
 
 def jit_eval_step(method: Method, mesh: Mesh):

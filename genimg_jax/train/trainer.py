@@ -71,7 +71,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
   workdir_lib.write_config(workdir, config, start)
   writer = RunWriter(workdir)
 
-  train_step = steps.jit_train_step(method, mesh, state_sharding, config.debug.inject_nan_at_steps)
+  debug_nans = config.debug.nans  # Keeps the pre-step state to re-run a bad step op by op.
+  train_step = steps.jit_train_step(method, mesh, state_sharding, config.debug.inject_nan_at_steps,
+                                    donate=not debug_nans)
   sample = steps.sampler(method, mesh, config.train.num_samples)
   monitor = guards.NonFiniteMonitor(config.train.max_consecutive_nonfinite)
   total = config.train.steps
@@ -84,10 +86,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
     with guards.StopSignal() as stop:
       for step in range(start + 1, total + 1):
         batch = mesh_lib.to_global(next(data_iter), mesh)
-        try:
-          state, metrics = train_step(state, batch, keys["train"])
-        except FloatingPointError as e:  # Only with config.debug.nans.
-          raise TrainingDiverged(f"step {step}", f"config.debug.nans: {str(e).splitlines()[0]}") from None
+        previous = state
+        state, metrics = train_step(state, batch, keys["train"])
+        if debug_nans and float(metrics["nonfinite"]):
+          message = steps.first_nan_op(method, previous, batch, keys["train"], config.debug.inject_nan_at_steps)
+          raise TrainingDiverged(f"step {step}", f"config.debug.nans: {message}")
         window.append(metrics)
         monitor.add(step, metrics)
         progress.update(1)
