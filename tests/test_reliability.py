@@ -4,6 +4,7 @@ import glob
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from genimg_jax import cli, methods
+from genimg_jax.data import datasets
 from genimg_jax.errors import CheckpointError, TrainingDiverged
 from genimg_jax.train import steps, trainer, workdir as workdir_lib
 from helpers import DIGITS_CONFIG, REPO, flat_params, read_scalars, tiny_args, tiny_config
@@ -157,6 +159,34 @@ def test_sigkill_at_random_moments_loses_nothing(data_dir, tmp_path, straight_60
   assert sum(in_write for *_, in_write in report) >= 2
   assert len({resumable for _, _, resumable, _ in report}) > 1  # The run moved on between kills.
   _assert_same_state(_train_to_npz(data_dir, workdir, tmp_path / "final.npz", 60), straight_60)
+
+
+def test_preemption_notice_stops_all_processes_at_the_same_step(data_dir, tmp_path):
+  """2 processes x 4 CPU devices; SIGTERM to process 1 only; both save and stop at one step."""
+  datasets.open_split(tiny_config(data_dir).data, "train")  # Prepared once, not by both processes at once.
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  workdir = tmp_path / "run"
+  procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "distributed_train.py"), str(i), "2",
+                             str(port), data_dir, str(workdir), "500"],
+                            cwd=os.path.join(REPO, "tests"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  try:
+    _wait_for(lambda: "loss" in read_scalars(str(workdir)), proc=procs[1])
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [75, 75], outputs
+  lines = [out.strip().splitlines()[-1] for out in outputs]
+  step = int(lines[0].split("preemption notice at step ")[1].split(":")[0])
+  assert lines == [f"process {i}: stopped: preemption notice at step {step}: checkpoint saved to "
+                   f"{workdir}/checkpoints/{step}; run the same command to resume" for i in range(2)]
+  assert os.listdir(workdir / "checkpoints") == [str(step)]
+  assert sorted(os.listdir(workdir / "checkpoints" / str(step) / "data")) == [
+      "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
 
 
 # ---- Checkpoints that are corrupt or do not fit. ---------------------------------------------
