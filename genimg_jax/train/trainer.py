@@ -86,7 +86,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
     with guards.StopSignal() as stop:
       for step in range(start + 1, total + 1):
         batch = mesh_lib.to_global(next(data_iter), mesh)
-        previous = state
+        previous = state if debug_nans else None  # Donated (deleted) otherwise.
         state, metrics = train_step(state, batch, keys["train"])
         if debug_nans and float(metrics["nonfinite"]):
           message = steps.first_nan_op(method, previous, batch, keys["train"], config.debug.inject_nan_at_steps)
