@@ -14,9 +14,10 @@ class StopSignal:
   """A context in which SIGTERM/SIGINT ask the loop to stop after the current step.
 
   Single process: our handlers set a flag (a second SIGINT interrupts at once).
-  Several processes: JAX's coordination service receives the preemption notice
-  (SIGTERM) and `reached_preemption_sync_point` makes every process stop at the
-  same step; only SIGINT is handled here then.
+  Several processes: no handler is installed, since a flag set in one process
+  alone would make it stop while the others wait in collectives; JAX's
+  coordination service receives the preemption notice (SIGTERM) and
+  `reached_preemption_sync_point` makes every process stop at the same step.
   """
 
   def __init__(self):
@@ -30,9 +31,8 @@ class StopSignal:
     self.received = signal.Signals(signum).name
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      signals = [signal.SIGINT] + ([signal.SIGTERM] if jax.process_count() == 1 else [])
-      for sig in signals:
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
@@ -44,7 +44,7 @@ class StopSignal:
   def requested(self, step: int) -> bool:
     """Whether to checkpoint and stop after `step` (called once per step on every process)."""
     if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
-      self.received = self.received or "preemption notice"
+      self.received = "preemption notice"
     return self.received is not None
 
 
