@@ -1,12 +1,13 @@
-r"""Train-step and sampler speed of the diffusion configs.
+r"""Train-step and sampler speed of every family's configs.
 
-  python benchmarks/diffusion_speed.py [--batch_size 32] [--configs ddpm_digits,ddpm_cifar10]
+  python benchmarks/speed.py [--batch_size 32] [--configs ddpm_digits,ddpm_cifar10]
 
 For each config (each in a fresh subprocess, so peak memory is its own): the
 train step's compile seconds and images/s after compile (median of timed
-windows, synchronised with block_until_ready), and the sampler's compile seconds
-and images/s for each requested sampler. Batches are synthetic (uniform noise in
-[-1, 1]), so the input pipeline is not timed. Peak memory is the device's peak
+windows, synchronised with block_until_ready), and the compile seconds and
+images/s of `method.sample` for each of the config's sampler variants
+(SAMPLE_VARIANTS: a name and the config overrides that select it). Batches are
+synthetic (uniform noise in [-1, 1]), so the input pipeline is not timed. Peak memory is the device's peak
 bytes in use where the backend reports it, else the process's peak RSS.
 Prints a markdown table and writes JSON (--out).
 """
@@ -21,6 +22,19 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# Sampler variants: name -> config overrides. Unlisted fields keep the config's values.
+SAMPLE_VARIANTS = {
+    "ddim-50": {"sample.sampler": "ddim", "sample.steps": 50},
+    "ddim-10": {"sample.sampler": "ddim", "sample.steps": 10},
+    "ddpm": {"sample.sampler": "ddpm"},
+}
+# The variants each config is measured with unless --samplers says otherwise.
+DEFAULT_VARIANTS = {
+    "ddpm_digits": ["ddim-50", "ddpm"],
+    "ddpm_cifar10": ["ddim-10"],
+}
 
 
 def _timed(fn, *args):
@@ -73,11 +87,10 @@ def measure(config_name: str, batch_size: int, windows: int, steps_per_window: i
          "train_step_s": step_s, "train_images_per_s": batch_size / step_s, "samplers": {}}
 
   for spec in samplers:
-    name, _, num_steps = spec.partition("-")
-    config.unlock()
-    config.sample.sampler = name
-    config.sample.steps = int(num_steps or config.diffusion.num_timesteps)
-    sample = jax.jit(methods.make(config).sample, static_argnums=2)
+    variant = config_lib.load(os.path.join(REPO, "configs", f"{config_name}.py"),
+                              [f"--config.train.batch_size={batch_size}"] +
+                              [f"--config.{k}={v}" for k, v in SAMPLE_VARIANTS[spec].items()])
+    sample = jax.jit(methods.make(variant).sample, static_argnums=2)
     start = time.perf_counter()
     compiled_sample = sample.lower(state.ema_params, keys["sample"], sample_num).compile()
     sample_compile_s = time.perf_counter() - start
@@ -118,21 +131,22 @@ def main() -> None:
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--windows", type=int, default=5)
   parser.add_argument("--steps_per_window", type=int, default=5)
-  parser.add_argument("--samplers", default="ddim-50,ddpm",
-                      help="comma-separated; ddim-K or ddpm (all T steps). Per config: CONFIG=SPECS;...")
+  parser.add_argument("--samplers", help="comma-separated names from SAMPLE_VARIANTS for every "
+                      "config (default: DEFAULT_VARIANTS of each config; '' for none)")
   parser.add_argument("--sample_num", type=int, default=16)
-  parser.add_argument("--out", default="benchmarks/results/diffusion_speed.json")
+  parser.add_argument("--out", default="benchmarks/results/speed.json")
   parser.add_argument("--single", help=argparse.SUPPRESS)
   args = parser.parse_args()
 
   if args.single:  # Child process: measure one config, print its row as JSON.
     row = measure(args.single, args.batch_size, args.windows, args.steps_per_window,
-                  args.samplers.split(","), args.sample_num)
+                  [v for v in args.samplers.split(",") if v], args.sample_num)
     print("ROW " + json.dumps(row))
     return
 
-  per_config = dict(item.split("=") for item in args.samplers.split(";") if "=" in item)
-  default_samplers = args.samplers if "=" not in args.samplers else "ddim-50"
+  unknown = [v for v in (args.samplers or "").split(",") if v and v not in SAMPLE_VARIANTS]
+  if unknown:
+    sys.exit(f"--samplers: unknown variant(s) {unknown}; known: {sorted(SAMPLE_VARIANTS)}")
   loadavg_before = _loadavg()
   if loadavg_before and float(loadavg_before[0]) > 0.5:
     print(f"warning: load average {loadavg_before[0]} before starting: timings may be low", file=sys.stderr)
@@ -140,7 +154,8 @@ def main() -> None:
   for name in args.configs.split(","):
     cmd = [sys.executable, os.path.abspath(__file__), "--single", name, "--batch_size", str(args.batch_size),
            "--windows", str(args.windows), "--steps_per_window", str(args.steps_per_window),
-           "--samplers", per_config.get(name, default_samplers), "--sample_num", str(args.sample_num)]
+           "--samplers", args.samplers if args.samplers is not None else ",".join(DEFAULT_VARIANTS.get(name, [])),
+           "--sample_num", str(args.sample_num)]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if result.returncode:
       sys.exit(f"{name}: benchmark failed:\n{result.stderr[-3000:]}")
