@@ -23,6 +23,7 @@ def get_config():
   config.data.name = "cifar10"
   config.data.image_size = 32
   config.data.channels = 3
+  config.data.train_split, config.data.eval_split = "train", "test"
   config.data.random_flip = True
 
   config.model.ch = 128

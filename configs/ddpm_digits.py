@@ -20,6 +20,7 @@ def get_config():
   config.data.name = "digits"
   config.data.image_size = 16
   config.data.channels = 1
+  config.data.train_split, config.data.eval_split = "train", "test"
 
   config.model.ch = 32
   config.model.ch_mult = (1, 2, 2)

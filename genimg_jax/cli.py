@@ -1,4 +1,4 @@
-"""`genimg train | sample | eval`: the command-line entry point.
+"""`genimg train | sample | eval | data`: the command-line entry point.
 
 User errors (config, data, checkpoints) end with one line on stderr naming the
 field or file, and exit code 2; no traceback.
@@ -34,6 +34,16 @@ def _parser() -> argparse.ArgumentParser:
   evaluate = sub.add_parser("eval", help="held-out metrics of the latest checkpoint (EMA params)")
   evaluate.add_argument("--workdir", required=True)
   evaluate.add_argument("--seed", type=int, default=0)
+
+  data = sub.add_parser("data", help="prepare a config's data set, or look at its training images")
+  data_sub = data.add_subparsers(dest="data_command", required=True)
+  prepare = data_sub.add_parser("prepare", help="prepare the train and eval splits (downloads if needed)",
+                                epilog="Config fields can be overridden: --config.data.data_dir=/shared/tfds")
+  prepare.add_argument("--config", required=True)
+  show = data_sub.add_parser("show", help="write a grid of training images after all preprocessing")
+  show.add_argument("--config", required=True)
+  show.add_argument("--out", required=True, help="PNG file to write")
+  show.add_argument("--num", type=int, default=64, help="number of images (from the first batches)")
   return parser
 
 
@@ -81,10 +91,45 @@ def _eval(args) -> None:
   print(json.dumps(metrics))
 
 
+def _data(args, overrides) -> None:
+  from genimg_jax import config as config_lib
+  from genimg_jax.data import datasets
+
+  config = config_lib.load(args.config, overrides)
+  config_lib.validate_common(config)
+  if args.data_command == "prepare":
+    builder = datasets.prepare(config.data, download=True)
+    for split in (config.data.train_split, config.data.eval_split):
+      source = datasets.open_split(config.data, split)
+      print(f"{config.data.name} {split}: {len(source)} examples in {builder.data_dir}")
+    return
+  _show(config, args.out, args.num)
+
+
+def _show(config, out: str, num: int) -> None:
+  """Saves the first `num` training images of process 0's stream (seed config.seed) as a grid."""
+  import numpy as np
+
+  from genimg_jax import images
+  from genimg_jax.data import datasets, pipeline
+  from genimg_jax.errors import ConfigError
+
+  if num <= 0:
+    raise ConfigError("--num", f"must be > 0, got {num}")
+  source = datasets.open_split(config.data, config.data.train_split)
+  stream = iter(pipeline.train_dataset(source, config.data, seed=config.seed, local_batch_size=num,
+                                       process_index=0, process_count=1))
+  batch = next(stream)
+  images.save_grid(out, batch["image"])
+  print(f"{out}: {num} training images of {config.data.name} {config.data.train_split} "
+        f"({'x'.join(map(str, batch['image'].shape[1:]))}, values in [{np.min(batch['image']):.3f}, "
+        f"{np.max(batch['image']):.3f}]), seed {config.seed}")
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = _parser()
   args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-  if args.command != "train" and rest:
+  if args.command not in ("train", "data") and rest:
     parser.error(f"unrecognized arguments: {' '.join(rest)}")
   from absl import flags, logging
 
@@ -95,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
       _train(args, rest)
     elif args.command == "sample":
       _sample(args)
+    elif args.command == "data":
+      _data(args, rest)
     else:
       _eval(args)
   except UserError as e:

@@ -30,7 +30,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.channels = 1  # must match the data set
   c.data.train_split = "train"
   c.data.eval_split = "test"
+  c.data.path = ""  # data.name folder | npz: the folder of images or the .npz file
+  c.data.crop_size = 0  # center crop before resizing to image_size; 0: the largest square
+  c.data.holdout_fraction = 0.05  # folder | npz: share of the images held out as split 'test'
+  c.data.skip_corrupt = False  # folder | npz: leave unreadable images out (warning) instead of failing
   c.data.random_flip = False
+  c.data.dequantize = False  # add uniform noise of one 8-bit level to the [-1, 1] images
+  c.data.num_workers = 0  # worker processes reading and decoding; 0: threads of this process
   c.data.prefetch_batches = 4  # batches read ahead of the device
 
   c.train = ml_collections.ConfigDict()
@@ -168,5 +174,8 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
   for field in ("sample_every", "eval_batches"):
     require(config.train[field] >= 0, f"train.{field}", f"must be >= 0, got {config.train[field]}")
   require(config.data.image_size > 0, "data.image_size", "must be > 0")
-  require(config.data.channels > 0, "data.channels", "must be > 0")
   require(config.data.prefetch_batches >= 0, "data.prefetch_batches", "must be >= 0")
+  require(config.data.crop_size >= 0, "data.crop_size", "must be >= 0")
+  require(0.0 <= config.data.holdout_fraction < 1.0, "data.holdout_fraction", "must be in [0, 1)")
+  require(config.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+  require(config.data.channels in (1, 3), "data.channels", "must be 1 or 3")

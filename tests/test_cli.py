@@ -100,6 +100,34 @@ def test_user_errors_are_one_line_naming_the_field(args, env, field, tmp_path):
   assert not workdir.exists()  # Nothing half-written.
 
 
+def test_data_show_writes_the_preprocessed_training_images(data_dir, tmp_path):
+  out = tmp_path / "grid.png"
+  result = genimg("data", "show", "--config", DIGITS_CONFIG, "--out", str(out), "--num", "9",
+                  f"--config.data.data_dir={data_dir}", "--config.data.dequantize=True")
+  assert result.returncode == 0, result.stderr
+  assert "9 training images of digits train (16x16x1" in result.stdout
+  low, high = map(float, re.search(r"values in \[(\S+), (\S+)\]", result.stdout).groups())
+  assert -1.004 <= low < -0.99 and 0.99 < high <= 1.004  # Dequantized: half a level beyond [-1, 1].
+  import PIL.Image
+
+  assert PIL.Image.open(out).size == (3 * 18 + 2, 3 * 18 + 2)  # 3x3 tiles of 16 px, 2 px gaps.
+
+
+def test_data_prepare_prepares_user_images_once(tmp_path):
+  import numpy as np
+
+  path = tmp_path / "mine.npz"
+  np.savez(path, images=np.random.default_rng(0).integers(0, 256, (40, 12, 12, 3), dtype=np.uint8))
+  args = ("data", "prepare", "--config", DIGITS_CONFIG, "--config.data.name=npz", f"--config.data.path={path}",
+          "--config.data.channels=3", f"--config.data.data_dir={tmp_path / 'tfds'}")
+  first, second = genimg(*args), genimg(*args)
+  assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+  assert "npz train: 38 examples" in first.stdout and "npz test: 2 examples" in first.stdout
+  assert "preparing data set 'npz'" in first.stderr and "preparing" not in second.stderr
+  bad = genimg(*args, "--config.data.crop_size=-1")
+  assert bad.returncode == 2 and bad.stderr.startswith("genimg: error: config.data.crop_size: must be >= 0")
+
+
 def test_sample_without_a_run_names_the_workdir(tmp_path):
   result = genimg("sample", "--workdir", str(tmp_path), "--out", str(tmp_path / "x.png"))
   assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -23,8 +23,8 @@ def test_training_lowers_the_loss(data_dir):
   mesh = mesh_lib.make_mesh()
   state = jax.jit(method.init)(jax.random.PRNGKey(0))
   step = steps.jit_train_step(method, mesh, mesh_lib.replicated(mesh))
-  data = iter(pipeline.train_dataset(datasets.open_split(config.data, "train"), seed=0, local_batch_size=32,
-                                     process_index=0, process_count=1, random_flip=False))
+  data = iter(pipeline.train_dataset(datasets.open_split(config.data, "train"), config.data, seed=0,
+                                     local_batch_size=32, process_index=0, process_count=1))
   losses = []
   for _ in range(300):
     state, metrics = step(state, mesh_lib.to_global(next(data), mesh), jax.random.PRNGKey(1))

@@ -3,18 +3,32 @@
 import dataclasses
 
 import grain
+import ml_collections
 import numpy as np
 
+from genimg_jax.data import datasets, preprocess
 from genimg_jax.images import uint8_to_float
 
 
 @dataclasses.dataclass(frozen=True)
+class CenterCropResize(grain.transforms.Map):
+  """element['image'] uint8 [H, W, C] -> uint8 [size, size, C] (preprocess.center_crop_resize)."""
+
+  size: int
+  crop_size: int
+
+  def map(self, element):
+    image = preprocess.center_crop_resize(np.asarray(element["image"]), self.size, self.crop_size)
+    return dict(element, image=image)
+
+
+@dataclasses.dataclass(frozen=True)
 class ToModelInput(grain.transforms.Map):
-  """{'image': uint8 [H,W,C], 'label': int} -> {'image': float32 [-1,1], 'label': int32}."""
+  """{'image': uint8 [H,W,C], 'label': int (absent: 0), ...} -> {'image': float32 [-1,1], 'label': int32}."""
 
   def map(self, element):
     return {"image": uint8_to_float(np.asarray(element["image"])),
-            "label": np.int32(element["label"])}
+            "label": np.int32(element.get("label", 0))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,29 +41,61 @@ class RandomHorizontalFlip(grain.transforms.RandomMap):
     return element
 
 
-def train_dataset(source, *, seed: int, local_batch_size: int, process_index: int,
-                  process_count: int, random_flip: bool, prefetch_batches: int = 4) -> grain.IterDataset:
+@dataclasses.dataclass(frozen=True)
+class UniformDequantize(grain.transforms.RandomMap):
+  """Adds (u - 1/2) / 127.5, u ~ U[0, 1) per value, to float32 images in [-1, 1].
+
+  Pixel value k maps to k / 127.5 - 1, so each value spreads uniformly over its own
+  8-bit bin [k - 1/2, k + 1/2] / 127.5 - 1, the bins the discrete likelihoods use.
+  """
+
+  def random_map(self, element, rng: np.random.Generator):
+    image = element["image"]
+    noise = (rng.random(image.shape, dtype=np.float32) - np.float32(0.5)) / np.float32(127.5)
+    return dict(element, image=image + noise)
+
+
+def _per_image(ds, data: ml_collections.ConfigDict):
+  if datasets.needs_resize(data):
+    ds = ds.map(CenterCropResize(data.image_size, data.crop_size))
+  return ds
+
+
+def train_dataset(source, data: ml_collections.ConfigDict, *, seed: int, local_batch_size: int,
+                  process_index: int, process_count: int) -> grain.IterDataset:
   """An endless stream of batches for this process.
 
   The order is a pure function of (seed, epoch, position): the whole split is
   shuffled with a new permutation each epoch, then process p takes every
-  `process_count`-th element starting at p. Two threads read ahead up to
-  `prefetch_batches` batches while the device computes. Each batch is a dict of numpy arrays:
-  'image' [local_batch_size, H, W, C] float32 in [-1, 1], 'label' [local_batch_size] int32.
+  `process_count`-th element starting at p. Per image, as config.data says:
+  center crop + resize, random flip, uniform dequantization. Reading runs in
+  data.num_workers worker processes (0: two threads of this one) up to
+  data.prefetch_batches batches ahead of the device; the order does not depend on
+  either. Each batch is a dict of numpy arrays: 'image' [local_batch_size, H, W, C]
+  float32 in [-1, 1] (wider by half a level with dequantize), 'label'
+  [local_batch_size] int32.
   """
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-  ds = ds[process_index::process_count]
-  if random_flip:
+  ds = _per_image(ds[process_index::process_count], data)
+  if data.random_flip:
     ds = ds.random_map(RandomHorizontalFlip(), seed=seed + 1)
-  ds = ds.map(ToModelInput()).batch(local_batch_size, drop_remainder=True)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch_batches))
+  ds = ds.map(ToModelInput())
+  if data.dequantize:
+    ds = ds.random_map(UniformDequantize(), seed=seed + 2)
+  ds = ds.batch(local_batch_size, drop_remainder=True)
+  if data.num_workers:
+    # Each worker reads every num_workers-th batch; mp_prefetch interleaves them back in order.
+    return ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=data.num_workers, per_worker_buffer_size=max(1, data.prefetch_batches)))
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=data.prefetch_batches))
 
 
-def eval_dataset(source, *, local_batch_size: int, process_index: int,
+def eval_dataset(source, data: ml_collections.ConfigDict, *, local_batch_size: int, process_index: int,
                  process_count: int) -> grain.MapDataset:
   """One pass over a split in file order, this process's share, in full batches only.
 
-  Elements as in `train_dataset`; a last partial batch is dropped.
+  Images are cropped and resized as in `train_dataset`, never flipped or
+  dequantized; a last partial batch is dropped.
   """
-  ds = grain.MapDataset.source(source)[process_index::process_count]
+  ds = _per_image(grain.MapDataset.source(source)[process_index::process_count], data)
   return ds.map(ToModelInput()).batch(local_batch_size, drop_remainder=True)

@@ -24,7 +24,7 @@ def evaluate(config: ml_collections.ConfigDict, method: Method, mesh: Mesh, para
     raise ConfigError("config.method", f"method {config.method!r} has no eval_step")
   source = datasets.open_split(config.data, config.data.eval_split)
   batches = pipeline.eval_dataset(
-      source, local_batch_size=mesh_lib.local_batch_size(config.train.batch_size, mesh),
+      source, config.data, local_batch_size=mesh_lib.local_batch_size(config.train.batch_size, mesh),
       process_index=jax.process_index(), process_count=jax.process_count())
   limit = config.train.eval_batches or len(batches)
   eval_step = steps.jit_eval_step(method, mesh)

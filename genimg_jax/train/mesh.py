@@ -28,7 +28,7 @@ def local_batch_size(global_batch_size: int, mesh: Mesh, field: str = "config.tr
   devices, processes = mesh.devices.size, jax.process_count()
   if global_batch_size % devices:
     raise ConfigError(field, f"{global_batch_size} is not divisible by the number of devices "
-                      f"({devices}); choose a multiple of {devices}")
+                      f"({devices}, over {processes} process(es)); choose a multiple of {devices}")
   return global_batch_size // processes
 
 

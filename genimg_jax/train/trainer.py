@@ -23,8 +23,9 @@ from genimg_jax.train import steps, workdir as workdir_lib
 from genimg_jax.train.writer import RunWriter
 
 
-def _check_image_shape(source, method) -> None:
-  shape = tuple(np.asarray(source[0]["image"]).shape)
+def _check_image_shape(source, data, method) -> None:
+  shape = tuple(np.asarray(pipeline.eval_dataset(source, data, local_batch_size=1, process_index=0,
+                                                 process_count=1)[0]["image"].shape[1:]))
   if shape != method.image_shape:
     raise DataError("config.data", f"the data set's images are {shape} (H, W, C) but the config "
                     f"asks for {method.image_shape} (data.image_size, data.image_size, data.channels)")
@@ -51,11 +52,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
   keys = steps.root_keys(config.seed)
 
   source = datasets.open_split(config.data, config.data.train_split)
-  _check_image_shape(source, method)
+  _check_image_shape(source, config.data, method)
   data_iter = iter(pipeline.train_dataset(
-      source, seed=config.seed, local_batch_size=local_batch, process_index=jax.process_index(),
-      process_count=jax.process_count(), random_flip=config.data.random_flip,
-      prefetch_batches=config.data.prefetch_batches))
+      source, config.data, seed=config.seed, local_batch_size=local_batch,
+      process_index=jax.process_index(), process_count=jax.process_count()))
 
   # ---- State: restore the newest readable checkpoint or initialise. -----------------------
   # Nothing is written before this point, so a config that does not fit the run fails clean.
