@@ -12,17 +12,34 @@ import sys
 from genimg_jax.errors import Preempted, UserError
 
 
+def _distributed_flags() -> argparse.ArgumentParser:
+  """Flags to join a multi-process run (genimg_jax.train.distributed); automatic on TPU pods and SLURM."""
+  flags = argparse.ArgumentParser(add_help=False)
+  group = flags.add_argument_group("multi-process runs (automatic on TPU pod slices, SLURM and Open MPI)")
+  group.add_argument("--coordinator_address", help="HOST:PORT of process 0")
+  group.add_argument("--num_processes", type=int, help="number of processes in the run")
+  group.add_argument("--process_id", type=int, help="this process's index in [0, num_processes)")
+  group.add_argument("--heartbeat_timeout_s", type=int, default=100,
+                     help="a process silent this long is declared dead and the others stop (default 100)")
+  group.add_argument("--initialization_timeout_s", type=int, default=300,
+                     help="how long to wait for all processes to join (default 300)")
+  return flags
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="genimg", description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)
+  distributed = _distributed_flags()
 
   train = sub.add_parser("train", help="train a config; resumes if the workdir has checkpoints",
-                         epilog="Any config field can be overridden: --config.train.steps=100")
+                         epilog="Any config field can be overridden: --config.train.steps=100",
+                         parents=[distributed])
   train.add_argument("--config", required=True, help="a Python file defining get_config()")
   train.add_argument("--workdir", required=True, help="where checkpoints, logs and samples go")
   train.add_argument("--no_progress", action="store_true", help="no progress bar")
 
-  sample = sub.add_parser("sample", help="write a grid of samples from the latest checkpoint")
+  sample = sub.add_parser("sample", help="write a grid of samples from the latest checkpoint",
+                          parents=[distributed])
   sample.add_argument("--workdir", required=True)
   sample.add_argument("--out", required=True, help="PNG file to write")
   sample.add_argument("--num", type=int, default=64, help="number of images")
@@ -31,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
   sample.add_argument("--steps", type=int, help="override config.sample.steps (DDIM)")
   sample.add_argument("--eta", type=float, help="override config.sample.eta (DDIM)")
 
-  evaluate = sub.add_parser("eval", help="held-out metrics of the latest checkpoint (EMA params)")
+  evaluate = sub.add_parser("eval", help="held-out metrics of the latest checkpoint (EMA params)",
+                            parents=[distributed])
   evaluate.add_argument("--workdir", required=True)
   evaluate.add_argument("--seed", type=int, default=0)
 
@@ -136,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
   flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags.
   logging.set_verbosity(logging.ERROR)  # tfds and orbax are chatty at INFO/WARNING.
   try:
+    if args.command in ("train", "sample", "eval"):
+      from genimg_jax.train import distributed
+
+      distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                             heartbeat_timeout_s=args.heartbeat_timeout_s,
+                             initialization_timeout_s=args.initialization_timeout_s)
     if args.command == "train":
       _train(args, rest)
     elif args.command == "sample":

@@ -39,6 +39,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 0  # worker processes reading and decoding; 0: threads of this process
   c.data.prefetch_batches = 4  # batches read ahead of the device
 
+  # The device mesh: data x fsdp. Parameters, EMA and optimizer state are sharded over
+  # fsdp (arrays of at least fsdp_min_size elements); batches over all devices.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.fsdp = 1  # 1: pure data parallelism (replicated state)
+  c.mesh.fsdp_min_size = 2**14
+
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
   c.train.batch_size = 64  # global, over all devices and processes
@@ -176,6 +182,8 @@ def validate_common(config: ml_collections.ConfigDict) -> None:
   require(config.data.image_size > 0, "data.image_size", "must be > 0")
   require(config.data.prefetch_batches >= 0, "data.prefetch_batches", "must be >= 0")
   require(config.data.crop_size >= 0, "data.crop_size", "must be >= 0")
+  require(config.mesh.fsdp >= 1, "mesh.fsdp", "must be >= 1")
+  require(config.mesh.fsdp_min_size >= 0, "mesh.fsdp_min_size", "must be >= 0")
   require(0.0 <= config.data.holdout_fraction < 1.0, "data.holdout_fraction", "must be in [0, 1)")
   require(config.data.num_workers >= 0, "data.num_workers", "must be >= 0")
   require(config.data.channels in (1, 3), "data.channels", "must be 1 or 3")

@@ -1,37 +1,38 @@
-"""Run by tests as one of several JAX processes on 127.0.0.1 (CPU, gloo collectives):
+"""`genimg` as one process of a multi-process run, recording the data it feeds to its devices:
 
-  python tests/distributed_train.py PROCESS_ID NUM_PROCESSES PORT DATA_DIR WORKDIR STEPS
+  python tests/distributed_train.py RECORD_DIR [genimg train arguments, with the distributed flags]
 
-trains the tiny config (4 CPU devices per process) and exits with the CLI's codes.
+runs `genimg train ...` and writes RECORD_DIR/process_<i>.npz: the labels [steps, local batch]
+and a checksum of each image [steps, local batch] of every local batch this process loaded.
+Exits with the CLI's code.
 """
 
+import os
 import sys
+import zlib
 
-import jax
+import numpy as np
 
 
-def main(process_id: str, num_processes: str, port: str, data_dir: str, workdir: str, steps: str) -> int:
-  jax.config.update("jax_num_cpu_devices", 4)
-  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=int(num_processes),
-                             process_id=int(process_id), initialization_timeout=60)
-  from absl import flags
+def main(record_dir: str, *cli_args: str) -> int:
+  import jax
 
-  from genimg_jax.errors import Preempted
-  from genimg_jax.train import runtime, trainer
-  from helpers import tiny_config
+  from genimg_jax import cli
+  from genimg_jax.train import mesh as mesh_lib
 
-  flags.FLAGS.mark_as_parsed()
-  config = tiny_config(data_dir, steps=int(steps))
-  config.unlock()
-  config.train.checkpoint_every = 10_000
-  config.train.log_every = 1
-  runtime.setup(config)
-  try:
-    trainer.train(config, workdir, show_progress=False)
-  except Preempted as e:
-    print(f"process {process_id}: stopped: {e}", flush=True)
-    return e.exit_code
-  return 0
+  labels, checksums = [], []
+  to_global = mesh_lib.to_global
+
+  def recording_to_global(local_batch, mesh):
+    labels.append(np.asarray(local_batch["label"]).copy())
+    checksums.append([zlib.crc32(np.ascontiguousarray(image).tobytes()) for image in local_batch["image"]])
+    return to_global(local_batch, mesh)
+
+  mesh_lib.to_global = recording_to_global
+  code = cli.main(["train", *cli_args])
+  np.savez(os.path.join(record_dir, f"process_{jax.process_index()}.npz"), labels=np.asarray(labels),
+           checksums=np.asarray(checksums, np.int64))
+  return code
 
 
 if __name__ == "__main__":

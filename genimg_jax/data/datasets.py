@@ -188,6 +188,9 @@ def prepare(data: ml_collections.ConfigDict, download: bool = False) -> tfds.cor
     raise
   except Exception as e:  # Network, manual-download and disk errors come in many types.
     _remove_partial(builder)
+    again = get_builder(data)
+    if again.is_prepared():  # Another process (of this run, on this file system) finished first.
+      return again
     raise DataError("config.data.name", (
         f"preparing {data.name!r} into {builder.data_dir_root} failed ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:200] if str(e) else ''}); nothing was kept. "

@@ -61,27 +61,58 @@ def _per_image(ds, data: ml_collections.ConfigDict):
   return ds
 
 
-def train_dataset(source, data: ml_collections.ConfigDict, *, seed: int, local_batch_size: int,
-                  process_index: int, process_count: int) -> grain.IterDataset:
-  """An endless stream of batches for this process.
+class ProcessBlocks(grain.MapDataset):
+  """This process's part of a stream cut into global batches.
 
-  The order is a pure function of (seed, epoch, position): the whole split is
-  shuffled with a new permutation each epoch, then process p takes every
-  `process_count`-th element starting at p. Per image, as config.data says:
-  center crop + resize, random flip, uniform dequantization. Reading runs in
-  data.num_workers worker processes (0: two threads of this one) up to
-  data.prefetch_batches batches ahead of the device; the order does not depend on
-  either. Each batch is a dict of numpy arrays: 'image' [local_batch_size, H, W, C]
-  float32 in [-1, 1] (wider by half a level with dequantize), 'label'
-  [local_batch_size] int32.
+  Global batch b holds elements [b * B, (b + 1) * B) of `parent` (B = local_batch_size
+  * process_count); process p takes the contiguous block [p * L, (p + 1) * L) of each,
+  L = local_batch_size, starting at global batch `start_batch`. Concatenating the
+  processes' local batches in process order gives the global batch, so the global
+  batch does not depend on the number of processes.
   """
-  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-  ds = _per_image(ds[process_index::process_count], data)
+
+  def __init__(self, parent: grain.MapDataset, local_batch_size: int, process_index: int,
+               process_count: int, start_batch: int = 0):
+    super().__init__(parent)
+    self._local, self._index, self._count, self._start = local_batch_size, process_index, process_count, start_batch
+    blocks = len(parent) // (local_batch_size * process_count) - start_batch
+    self._length = max(0, blocks) * local_batch_size
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, offset = divmod(index, self._local)
+    return self._parent[(self._start + batch) * self._local * self._count + self._index * self._local + offset]
+
+  def __str__(self) -> str:
+    return f"ProcessBlocks(local={self._local}, process={self._index}/{self._count}, start={self._start})"
+
+
+def train_dataset(source, data: ml_collections.ConfigDict, *, seed: int, local_batch_size: int,
+                  process_index: int, process_count: int, start_batch: int = 0) -> grain.IterDataset:
+  """An endless stream of batches for this process, from global batch `start_batch` on.
+
+  The global stream is a pure function of (seed, epoch, position): the whole split
+  is shuffled with a new permutation each epoch, and per image, as config.data
+  says: center crop + resize, random flip, uniform dequantization (random draws
+  keyed by the element's global position). Global batch b is its next
+  local_batch_size * process_count elements and process p takes block p of it
+  (ProcessBlocks), so the global batches are the same for any process count.
+  Reading runs in data.num_workers worker processes (0: two threads of this one)
+  up to data.prefetch_batches batches ahead; the order does not depend on either.
+  Each batch is a dict of numpy arrays: 'image' [local_batch_size, H, W, C] float32
+  in [-1, 1] (wider by half a level with dequantize), 'label' [local_batch_size] int32.
+  """
+  ds = _per_image(grain.MapDataset.source(source).shuffle(seed=seed).repeat(None), data)
   if data.random_flip:
     ds = ds.random_map(RandomHorizontalFlip(), seed=seed + 1)
   ds = ds.map(ToModelInput())
   if data.dequantize:
     ds = ds.random_map(UniformDequantize(), seed=seed + 2)
+  ds = ProcessBlocks(ds, local_batch_size, process_index, process_count, start_batch)
   ds = ds.batch(local_batch_size, drop_remainder=True)
   if data.num_workers:
     # Each worker reads every num_workers-th batch; mp_prefetch interleaves them back in order.
@@ -92,10 +123,10 @@ def train_dataset(source, data: ml_collections.ConfigDict, *, seed: int, local_b
 
 def eval_dataset(source, data: ml_collections.ConfigDict, *, local_batch_size: int, process_index: int,
                  process_count: int) -> grain.MapDataset:
-  """One pass over a split in file order, this process's share, in full batches only.
+  """One pass over a split in file order in full global batches, this process's block of each.
 
   Images are cropped and resized as in `train_dataset`, never flipped or
-  dequantized; a last partial batch is dropped.
+  dequantized; a last partial global batch is dropped.
   """
-  ds = _per_image(grain.MapDataset.source(source)[process_index::process_count], data)
-  return ds.map(ToModelInput()).batch(local_batch_size, drop_remainder=True)
+  ds = _per_image(grain.MapDataset.source(source), data).map(ToModelInput())
+  return ProcessBlocks(ds, local_batch_size, process_index, process_count).batch(local_batch_size)

@@ -7,6 +7,7 @@ moved aside as `<step>.corrupt` with a warning, and the next older one is used.
 """
 
 import os
+from typing import Any, NamedTuple
 
 import grain
 import jax
@@ -46,6 +47,14 @@ def describe_mismatch(saved: dict[str, tuple], expected: dict[str, tuple], limit
   return "; ".join(problems[:limit]) + more
 
 
+class Restored(NamedTuple):
+  """A restored checkpoint: the state, its step, and whether the data iterator's position was restored."""
+
+  state: Any
+  step: int
+  data_restored: bool
+
+
 class Checkpointer:
   """Keeps the last `keep` checkpoints of a run under `directory` (workdir/checkpoints).
 
@@ -81,20 +90,28 @@ class Checkpointer:
       raise CheckpointError(os.path.join(self.directory, str(step)),
                             f"the checkpoint does not match the configured model or optimizer: {mismatch}")
 
-  def restore(self, step: int, abstract_state, data_iterator=None):
+  def _has_data_state(self, step: int) -> bool:
+    """Whether checkpoint `step` holds an iterator state for this process of this many processes."""
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    return os.path.exists(os.path.join(self.directory, str(step), "data", name))
+
+  def restore(self, step: int, abstract_state, data_iterator=None) -> "Restored":
     """The state at `step`, laid out as `abstract_state` (ShapeDtypeStructs with shardings).
 
-    If `data_iterator` is given, its position is restored in place too.
+    If `data_iterator` is given, its position is restored in place too, where the
+    checkpoint was written by as many processes as there are now (data_restored).
     Raises CheckpointError if the shapes differ from `abstract_state`.
     """
     self._check_shapes(step, abstract_state)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
+    data_restored = data_iterator is not None and self._has_data_state(step)
+    if data_restored:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+    state = self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+    return Restored(state, step, data_restored)
 
-  def restore_latest(self, abstract_state, data_iterator=None):
-    """(state, step) from the newest readable checkpoint, or None if there is none.
+  def restore_latest(self, abstract_state, data_iterator=None) -> "Restored | None":
+    """The newest readable checkpoint (see `restore`), or None if there is none.
 
     An unreadable checkpoint is moved aside (`<step>.corrupt`) with a warning and
     the next older one is tried; a shape mismatch is a CheckpointError instead.
@@ -103,7 +120,7 @@ class Checkpointer:
     for step in steps:
       path = os.path.join(self.directory, str(step))
       try:
-        return self.restore(step, abstract_state, data_iterator), step
+        return self.restore(step, abstract_state, data_iterator)
       except CheckpointError:
         raise
       except Exception as e:  # Corrupt files fail in many ways (OSError, ValueError, tensorstore).
@@ -132,8 +149,3 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._manager.close()
 
-
-def abstract_with_sharding(abstract_tree, sharding):
-  """ShapeDtypeStructs of `abstract_tree` carrying `sharding` (restore target)."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      abstract_tree)

@@ -67,9 +67,8 @@ def first_nan_op(method: Method, state, batch, train_key, inject_nan_at_steps: S
 
 
 def jit_eval_step(method: Method, mesh: Mesh):
-  """(params, global batch, key) -> metrics averaged over the batch."""
-  return jax.jit(method.eval_step, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh),
-                                                 mesh_lib.replicated(mesh)),
+  """(params, global batch, key) -> metrics averaged over the batch; params keep their sharding."""
+  return jax.jit(method.eval_step, in_shardings=(None, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)),
                  out_shardings=mesh_lib.replicated(mesh))
 
 

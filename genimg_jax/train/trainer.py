@@ -4,6 +4,7 @@ Sections: set-up (mesh, method, data, state) / the loop (jitted step, logs,
 checkpoints, sample grids, stop requests) / tear-down.
 """
 
+import sys
 import time
 
 import jax
@@ -46,27 +47,34 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
   """
   # ---- Set-up: config, mesh, method, data. -------------------------------------------------
   config_lib.validate_common(config)
-  mesh = mesh_lib.make_mesh()
+  mesh = mesh_lib.make_mesh(config.mesh.fsdp)
   local_batch = mesh_lib.local_batch_size(config.train.batch_size, mesh)
   method = methods.make(config)
   keys = steps.root_keys(config.seed)
 
   source = datasets.open_split(config.data, config.data.train_split)
   _check_image_shape(source, config.data, method)
-  data_iter = iter(pipeline.train_dataset(
+  data_stream = lambda start_batch=0: iter(pipeline.train_dataset(
       source, config.data, seed=config.seed, local_batch_size=local_batch,
-      process_index=jax.process_index(), process_count=jax.process_count()))
+      process_index=jax.process_index(), process_count=jax.process_count(), start_batch=start_batch))
+  data_iter = data_stream()
 
   # ---- State: restore the newest readable checkpoint or initialise. -----------------------
   # Nothing is written before this point, so a config that does not fit the run fails clean.
-  state_sharding = mesh_lib.replicated(mesh)
+  abstract = workdir_lib.abstract_state(method, mesh, config.mesh.fsdp_min_size)
+  state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
   checkpointer = ckpt_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir), config.train.keep_checkpoints)
-  restored = checkpointer.restore_latest(workdir_lib.abstract_state(method, mesh), data_iter)
+  restored = checkpointer.restore_latest(abstract, data_iter)
   if restored is None:
     state = jax.jit(method.init, out_shardings=state_sharding)(keys["init"])
     last_checkpoint = None
   else:
-    state, last_checkpoint = restored
+    state, last_checkpoint = restored.state, restored.step
+    if not restored.data_restored:  # Written by another number of processes: position from the step.
+      data_iter = data_stream(restored.step)
+      if jax.process_index() == 0:
+        print(f"checkpoint {restored.step} was written by another number of processes: the data stream "
+              f"continues at global batch {restored.step + 1}", file=sys.stderr)
   start = int(state.step)
   workdir_lib.write_config(workdir, config, start)
   writer = RunWriter(workdir)

@@ -44,22 +44,24 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     raise CheckpointError(path, f"not a valid resolved config ({e})") from None
 
 
-def abstract_state(method, mesh):
-  """The method's TrainState as ShapeDtypeStructs, replicated over `mesh`."""
+def abstract_state(method, mesh, fsdp_min_size: int):
+  """The method's TrainState as ShapeDtypeStructs carrying their shardings on `mesh` (mesh_lib rules)."""
   abstract = jax.eval_shape(method.init, steps.root_keys(0)["init"])
-  return ckpt_lib.abstract_with_sharding(abstract, mesh_lib.replicated(mesh))
+  shardings = mesh_lib.state_sharding(abstract, mesh, fsdp_min_size)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
 
 def restore_latest(workdir: str, config: ml_collections.ConfigDict):
   """(method, mesh, state, step) from the newest checkpoint of a run; for sampling and eval."""
   method = methods.make(config)
-  mesh = mesh_lib.make_mesh()
+  # The run's fsdp size where this machine's devices allow it, else replicated parameters.
+  fsdp = config.mesh.fsdp if jax.device_count() % config.mesh.fsdp == 0 else 1
+  mesh = mesh_lib.make_mesh(fsdp)
   checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(workdir), config.train.keep_checkpoints, create=False)
   try:
-    restored = checkpointer.restore_latest(abstract_state(method, mesh))
+    restored = checkpointer.restore_latest(abstract_state(method, mesh, config.mesh.fsdp_min_size))
   finally:
     checkpointer.close()
   if restored is None:
     raise CheckpointError(checkpoint_dir(workdir), "no checkpoint found")
-  state, step = restored
-  return method, mesh, state, step
+  return method, mesh, restored.state, restored.step
