@@ -4,8 +4,15 @@ Command:
   genimg train --config configs/vae_digits.py --workdir runs/vae_digits
   genimg eval --workdir runs/vae_digits
 Hardware: sized for a 2-core CPU (no accelerator).
-Wall time: TBD
-Expected result: TBD
+Wall time: training (4000 steps at batch 64, 0.30M parameters) took 9 min 19 s on a 2-core
+  CPU shared with other jobs (load average 5-10), about 10 steps/s; less on an idle one.
+  `genimg eval` (IWAE with K=1000 over 256 test images) took 2 min 22 s there.
+Expected result: on the test split (256 images, EMA parameters, eval seed 0) ELBO 4.25
+  bits/dim (754.1 nats per image: reconstruction 701.8 + KL 52.3) and IWAE (K=1000)
+  4.12 bits/dim (730.7 nats); the training-batch ELBO ends near 3.6 bits/dim (1497
+  training images, so the model overfits somewhat). samples/ holds recognisable but
+  blurry prior samples, sharp reconstructions and smooth latent interpolations
+  (measured on a 2-core CPU, 2026-11-23).
 """
 
 from genimg_jax.config import base_config
@@ -21,8 +28,8 @@ def get_config():
   config.data.image_size = 16
   config.data.channels = 1
 
-  config.model.ch = 32
-  config.model.ch_mult = (1, 2, 2)
+  config.model.ch = 16
+  config.model.ch_mult = (1, 2, 4)
   config.model.num_res_blocks = 1
   config.model.norm_groups = 8
   config.model.latent_type = "vector"
