@@ -172,7 +172,8 @@ def _logistic_mixture_sample(params: jax.Array, rng: jax.Array, channels: int,
   scales = jnp.exp(jnp.maximum(log_scales, MIN_LOG_SCALE))
   values = []
   for c in range(channels):
-    mean = means[..., c] + sum((coupling[..., c, j] * values[j] for j in range(c)), jnp.zeros_like(means[..., c]))
+    coupled = sum((coupling[..., c, j] * values[j] for j in range(c)), jnp.zeros_like(means[..., c]))
+    mean = means[..., c] + coupled
     values.append(quantize(mean + scales[..., c] * noise[..., c]))  # nearest bin == discretised draw
   return jnp.stack(values, -1)
 
