@@ -29,11 +29,15 @@ SAMPLE_VARIANTS = {
     "ddim-50": {"sample.sampler": "ddim", "sample.steps": 50},
     "ddim-10": {"sample.sampler": "ddim", "sample.steps": 10},
     "ddpm": {"sample.sampler": "ddpm"},
+    "vae-mean": {"sample.mode": "mean"},  # decode prior draws to the likelihood's mean
+    "vae-sample": {"sample.mode": "sample"},  # ... to a draw of the likelihood
 }
 # The variants each config is measured with unless --samplers says otherwise.
 DEFAULT_VARIANTS = {
     "ddpm_digits": ["ddim-50", "ddpm"],
     "ddpm_cifar10": ["ddim-10"],
+    "vae_digits": ["vae-mean", "vae-sample"],
+    "vae_cifar10": ["vae-mean", "vae-sample"],
 }
 
 

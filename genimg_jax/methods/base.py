@@ -41,6 +41,9 @@ class Method:
   sample(params, rng, num) -> [num, H, W, C] float32 images in [-1, 1]; `num` static.
   eval_step(params, batch, rng) -> metrics of scalars averaged over the batch, or None.
   image_shape: (H, W, C) of the images it trains on and samples.
+  image_grids(params, batch, rng) -> {name: [N, H, W, C] float32 in [-1, 1]}, or None:
+    extra pictures of a fixed held-out batch (e.g. reconstructions), written next to
+    the sample grids.
   """
 
   init: Callable[[jax.Array], TrainState]
@@ -48,6 +51,7 @@ class Method:
   sample: Callable[[PyTree, jax.Array, int], jax.Array]
   eval_step: Callable[[PyTree, Batch, jax.Array], Metrics] | None
   image_shape: tuple[int, int, int]
+  image_grids: Callable[[PyTree, Batch, jax.Array], dict[str, jax.Array]] | None = None
 
 
 def optimizer_config() -> ml_collections.ConfigDict:

@@ -8,6 +8,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from genimg_jax.data import pipeline
 from genimg_jax.methods.base import Method
 from genimg_jax.train import mesh as mesh_lib
 
@@ -82,5 +83,23 @@ def sampler(method: Method, mesh: Mesh, num: int):
 
   def run(params, key) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(fn(params, key), tiled=True))
+
+  return run
+
+
+def image_grids(method: Method, mesh: Mesh, source, data, num: int):
+  """Returns f(params, key) -> {name: numpy [N, H, W, C] float32 in [-1, 1]}, on every process:
+  `method.image_grids` of the first min(num, len(source)) examples of `source` (preprocessed as config.data says).
+
+  Every process reads the same examples; the batch and the result are replicated.
+  """
+  first = pipeline.eval_dataset(source, data, local_batch_size=min(num, len(source)), process_index=0,
+                                process_count=1)[0]
+  replicated = mesh_lib.replicated(mesh)
+  batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(replicated, x), first)
+  fn = jax.jit(method.image_grids, out_shardings=replicated)
+
+  def run(params, key) -> dict[str, np.ndarray]:
+    return {name: np.asarray(grid.addressable_data(0)) for name, grid in fn(params, batch, key).items()}
 
   return run

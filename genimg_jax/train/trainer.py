@@ -41,7 +41,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
   """Trains config.method to config.train.steps, resuming from workdir's latest checkpoint.
 
   Writes under workdir: config.json (and config_history/), checkpoints/,
-  tensorboard/, samples/. Returns the final TrainState.
+  tensorboard/, samples/ (sample grids, and the method's image_grids if it has
+  any). Returns the final TrainState.
   Raises Preempted after checkpointing on SIGTERM/SIGINT or a preemption notice,
   and TrainingDiverged after config.train.max_consecutive_nonfinite skipped updates.
   """
@@ -58,6 +59,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
       source, config.data, seed=config.seed, local_batch_size=local_batch,
       process_index=jax.process_index(), process_count=jax.process_count(), start_batch=start_batch))
   data_iter = data_stream()
+  grids = None  # The method's extra pictures of a fixed held-out batch, next to the samples.
+  if method.image_grids is not None:
+    held_out = datasets.open_split(config.data, config.data.eval_split)
+    _check_image_shape(held_out, config.data, method)
+    grids = steps.image_grids(method, mesh, held_out, config.data, config.train.num_samples)
 
   # ---- State: restore the newest readable checkpoint or initialise. -----------------------
   # Nothing is written before this point, so a config that does not fit the run fails clean.
@@ -131,6 +137,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
           path = writer.samples(step, images)
           if path:
             progress.write(f"step {step}: samples -> {path}")
+          if grids:
+            for name, pictures in grids(state.ema_params, jax.random.fold_in(keys["eval"], step)).items():
+              writer.grid(name, step, pictures)
   finally:
     # ---- Tear-down: finish pending checkpoint writes. -----------------------------------
     progress.close()

@@ -10,7 +10,7 @@ from genimg_jax import images as images_lib
 
 
 class RunWriter:
-  """Writes scalars to workdir/tensorboard and sample grids to workdir/samples."""
+  """Writes scalars to workdir/tensorboard and sample (and other image) grids to workdir/samples."""
 
   def __init__(self, workdir: str):
     self.enabled = jax.process_index() == 0
@@ -25,11 +25,18 @@ class RunWriter:
 
   def samples(self, step: int, images: np.ndarray) -> str | None:
     """Saves images [N, H, W, C] in [-1, 1] as samples/step_<step>.png and in TensorBoard."""
+    return self._image("samples", f"step_{step:07d}.png", step, images)
+
+  def grid(self, name: str, step: int, images: np.ndarray) -> str | None:
+    """Saves images [N, H, W, C] in [-1, 1] as samples/<name>_<step>.png and in TensorBoard as `name`."""
+    return self._image(name, f"{name}_{step:07d}.png", step, images)
+
+  def _image(self, tag: str, filename: str, step: int, images: np.ndarray) -> str | None:
     if not self.enabled:
       return None
-    path = os.path.join(self.samples_dir, f"step_{step:07d}.png")
+    path = os.path.join(self.samples_dir, filename)
     picture = images_lib.save_grid(path, images)
-    self._tb.add_image("samples", picture, step, dataformats="HWC")
+    self._tb.add_image(tag, picture, step, dataformats="HWC")
     self._tb.flush()
     return path
 
