@@ -27,7 +27,7 @@ def get_config():
   config.model.dropout = 0.0
   config.model.position_embedding = "factorized"
 
-  config.optimizer.learning_rate = 1e-3
+  config.optimizer.learning_rate = 2e-3
   config.optimizer.warmup_steps = 100
   config.ema.decay = 0.999
 

@@ -22,10 +22,9 @@ L = 36
 
 
 def _perturbed(params):
-  """Non-trivial weights: the zero-initialised head would make every logit 0."""
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(42), len(leaves))
-  return jax.tree.unflatten(treedef, [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  """Non-trivial weights: the zero-initialised head would make every logit 0. (NumPy draws: no compiles.)"""
+  rng = np.random.default_rng(42)
+  return jax.tree.map(lambda p: p + 0.1 * rng.standard_normal(p.shape).astype(np.float32), params)
 
 
 @pytest.fixture(scope="module", params=["factorized", "learned"])
@@ -33,7 +32,8 @@ def model_and_params(request):
   model = transformer.ImageTransformer(image_shape=IMAGE_SHAPE, num_layers=2, width=32, num_heads=4,
                                        num_classes=3, position_embedding=request.param, dropout=0.1)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, L), jnp.int32), jnp.zeros((1,), jnp.int32))
-  return model, _perturbed(params["params"])
+  params = _perturbed(params["params"])
+  return model, params, jax.jit(lambda t, labels: model.apply({"params": params}, t, labels))
 
 
 @pytest.fixture(scope="module")
@@ -44,33 +44,29 @@ def tokens():
 LABELS = jnp.array([0, 2], jnp.int32)
 
 
-def _forward(model, params, tokens, labels=LABELS):
-  return jax.jit(lambda t, lab: model.apply({"params": params}, t, lab))(tokens, labels)
-
-
 def test_shapes_and_dtypes(model_and_params, tokens):
-  model, params = model_and_params
-  logits = _forward(model, params, tokens)
+  model, params, forward = model_and_params
+  logits = forward(tokens, LABELS)
   chex.assert_shape(logits, (2, L, 256))
   assert logits.dtype == jnp.float32
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
 
 
 def test_changing_token_j_changes_no_logit_at_or_before_j(model_and_params, tokens):
-  model, params = model_and_params
-  base = np.asarray(_forward(model, params, tokens))
+  _, _, forward = model_and_params
+  base = np.asarray(forward(tokens, LABELS))
   for j in (0, 1, 17, L - 2, L - 1):
-    changed = np.asarray(_forward(model, params, tokens.at[:, j].set((tokens[:, j] + 101) % 256)))
+    changed = np.asarray(forward(tokens.at[:, j].set((tokens[:, j] + 101) % 256), LABELS))
     np.testing.assert_array_equal(changed[:, :j + 1], base[:, :j + 1], err_msg=f"token {j}")
     if j < L - 1:  # It does change the next position's logits.
       assert np.abs(changed[:, j + 1] - base[:, j + 1]).max() > 1e-3, j
   # The label (the start token) conditions every position, the first included.
-  other = np.asarray(_forward(model, params, tokens, jnp.array([1, 1], jnp.int32)))
+  other = np.asarray(forward(tokens, jnp.array([1, 1], jnp.int32)))
   assert np.abs(other[:, 0] - base[:, 0]).max() > 1e-3
 
 
 def test_cached_decoder_equals_full_forward_at_every_position(model_and_params, tokens):
-  model, params = model_and_params
+  model, params, forward = model_and_params
 
   @jax.jit
   def cached_logits(tokens):
@@ -82,7 +78,7 @@ def test_cached_decoder_equals_full_forward_at_every_position(model_and_params, 
     stacked = sampling.decode(decode_step, transformer.init_cache(model, 2), 2, L, teacher_forcing)
     return jnp.swapaxes(stacked, 0, 1)
 
-  full = _forward(model, params, tokens)
+  full = forward(tokens, LABELS)
   np.testing.assert_allclose(cached_logits(tokens), full, atol=1e-5, rtol=0)
   assert float(jnp.abs(full).max()) > 1.0  # Not trivially small.
 
@@ -97,8 +93,8 @@ def method_setup():
   params = _perturbed(jax.jit(methods.make(config).init)(jax.random.PRNGKey(0)).params)
 
   @functools.cache
-  def sampler(name, temperature, top_k=0):
-    config.sample.sampler, config.sample.temperature, config.sample.top_k = name, temperature, top_k
+  def sampler(name, temperature):
+    config.sample.sampler, config.sample.temperature = name, temperature
     return jax.jit(methods.make(config).sample, static_argnums=2)
 
   return config, params, sampler
@@ -112,7 +108,6 @@ def test_greedy_decode_is_a_fixed_point_of_the_full_forward_pass(method_setup):
   model = ar.make_model(config)
   logits = model.apply({"params": params}, tokens, ar.sample_labels(4, 10))
   np.testing.assert_array_equal(tokens, jnp.argmax(logits, -1))
-  np.testing.assert_array_equal(sampler("uncached", 0.0)(params, jax.random.PRNGKey(5), 4), images)
 
 
 def test_temperature_to_zero_is_greedy_and_keys_decide_samples(method_setup):
@@ -120,7 +115,6 @@ def test_temperature_to_zero_is_greedy_and_keys_decide_samples(method_setup):
   key = jax.random.PRNGKey(3)
   greedy = sampler("cached", 0.0)(params, key, 4)
   np.testing.assert_array_equal(sampler("cached", 1e-6)(params, key, 4), greedy)
-  np.testing.assert_array_equal(sampler("cached", 1.0, 1)(params, key, 4), greedy)
   a = sampler("cached", 1.0)(params, key, 4)
   np.testing.assert_array_equal(sampler("cached", 1.0)(params, key, 4), a)
   assert not np.array_equal(sampler("cached", 1.0)(params, jax.random.PRNGKey(4), 4), a)
@@ -137,13 +131,11 @@ def test_sample_labels_cycle_through_the_classes():
   assert ar.sample_labels(4, 0) is None
 
 
-def test_bfloat16_compute_keeps_float32_params_and_logits(tokens):
-  model = transformer.ImageTransformer(image_shape=IMAGE_SHAPE, num_layers=1, width=32, num_heads=2,
-                                       dtype=jnp.bfloat16)
-  params = _perturbed(jax.jit(model.init)(jax.random.PRNGKey(0), tokens)["params"])
-  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-  logits = jax.jit(model.apply)({"params": params}, tokens)
-  full32 = jax.jit(model.clone(dtype=jnp.float32).apply)({"params": params}, tokens)
+def test_bfloat16_compute_keeps_float32_params_and_logits(model_and_params, tokens):
+  model, params, forward = model_and_params
+  model = model.clone(dtype=jnp.bfloat16)
+  logits = jax.jit(model.apply)({"params": params}, tokens, LABELS)
+  full32 = forward(tokens, LABELS)
   assert logits.dtype == jnp.float32
   np.testing.assert_allclose(logits, full32, atol=0.1 * float(jnp.abs(full32).max()))
   assert transformer.init_cache(model, 2)[0]["key"].dtype == jnp.bfloat16
