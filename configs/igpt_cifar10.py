@@ -7,7 +7,7 @@ Wall time: not measured yet.
 Expected result: not measured yet by this codebase. For scale: Sparse Transformer
   (Child et al. 2019) reaches 2.80 bits/dim on CIFAR-10 with 59M parameters and
   a 3072-token context; Image Transformer 2.90; PixelCNN++ 2.92.
-Model: 25.3M parameters: 8 layers, width 512, 8 heads (head size 64), MLP 2048,
+Model: 25.5M parameters: 8 layers, width 512, 8 heads (head size 64), MLP 2048,
   pre-LayerNorm, factorized (row + column + channel) position embeddings,
   context 3072 (raw pixels, no colour clustering as in ImageGPT), dropout 0.1,
   unconditional; AdamW 3e-4 with 5000 warm-up steps, weight decay 0.01, gradients
