@@ -27,7 +27,7 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 Cache = list[dict[str, jax.Array]]
 
 
-def attention_implementation(name: str, dtype) -> str | None:
+def attention_implementation(name: str, dtype) -> str:
   """The `implementation` argument of jax.nn.dot_product_attention for a config value.
 
   "auto" picks cuDNN's fused kernel on a GPU with a 16-bit compute dtype (the only
@@ -54,7 +54,7 @@ class Block(nn.Module):
   mlp_ratio: int
   dropout: float
   num_layers: int  # of the whole stack: scales the residual projections' initialisation
-  attention: str | None
+  attention: str  # "xla" or "cudnn"
   dtype: Any = jnp.float32
 
   def setup(self):
