@@ -6,14 +6,17 @@ For each config (each in a fresh subprocess, so peak memory is its own): the
 train step's compile seconds and images/s after compile (median of timed
 windows, synchronised with block_until_ready), and the compile seconds and
 images/s of `method.sample` for each of the config's sampler variants
-(SAMPLE_VARIANTS: a name and the config overrides that select it). Batches are
-synthetic (uniform noise in [-1, 1]), so the input pipeline is not timed. Peak memory is the device's peak
-bytes in use where the backend reports it, else the process's peak RSS.
-Prints a markdown table and writes JSON (--out).
+(SAMPLE_VARIANTS: a name and the config overrides that select it). A config is
+a file in configs/ or a CONFIG_VARIANTS entry (a file plus overrides). Methods
+that model images as token sequences (TOKENS_PER_IMAGE) also get tokens/s.
+Batches are synthetic (uniform noise in [-1, 1]), so the input pipeline is not
+timed. Peak memory is the device's peak bytes in use where the backend reports
+it, else the process's peak RSS. Prints a markdown table and writes JSON (--out).
 """
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -31,6 +34,8 @@ SAMPLE_VARIANTS = {
     "ddpm": {"sample.sampler": "ddpm"},
     "vae-mean": {"sample.mode": "mean"},  # decode prior draws to the likelihood's mean
     "vae-sample": {"sample.mode": "sample"},  # ... to a draw of the likelihood
+    "cached": {"sample.sampler": "cached"},  # autoregressive: key/value cache
+    "uncached": {"sample.sampler": "uncached"},  # autoregressive: full forward pass per token
 }
 # The variants each config is measured with unless --samplers says otherwise.
 DEFAULT_VARIANTS = {
@@ -38,7 +43,28 @@ DEFAULT_VARIANTS = {
     "ddpm_cifar10": ["ddim-10"],
     "vae_digits": ["vae-mean", "vae-sample"],
     "vae_cifar10": ["vae-mean", "vae-sample"],
+    "igpt_digits": ["cached", "uncached"],
+    "igpt_cifar10_small": ["cached", "uncached"],
 }
+# Benchmark configs that are a config file with overrides (applied after --batch_size):
+# name -> (file in configs/ without .py, overrides, images per sampler run or None for --sample_num).
+CONFIG_VARIANTS = {
+    # A modest model (2 layers, width 32, float32) on 32x32x3 images, 3072 tokens, so that the
+    # uncached sampler (3072 full forward passes per image) finishes on a CPU in minutes.
+    "igpt_cifar10_small": ("igpt_cifar10", {"model.num_layers": 2, "model.width": 32, "model.num_heads": 2,
+                                            "model.dropout": 0.0, "model.dtype": "float32",
+                                            "train.batch_size": 4}, 1),
+}
+# Methods whose images are token sequences: method name -> tokens per image of shape (H, W, C).
+TOKENS_PER_IMAGE = {"autoregressive": math.prod}
+
+
+def _load_config(config_name: str, overrides: list[str]):
+  from genimg_jax import config as config_lib
+
+  file, variant_overrides, _ = CONFIG_VARIANTS.get(config_name, (config_name, {}, None))
+  return config_lib.load(os.path.join(REPO, "configs", f"{file}.py"),
+                         overrides + [f"--config.{k}={v}" for k, v in variant_overrides.items()])
 
 
 def _timed(fn, *args):
@@ -55,13 +81,12 @@ def measure(config_name: str, batch_size: int, windows: int, steps_per_window: i
   import jax
   import jax.numpy as jnp
 
-  from genimg_jax import config as config_lib
   from genimg_jax import methods
   from genimg_jax.train import mesh as mesh_lib
   from genimg_jax.train import runtime, steps
 
-  config = config_lib.load(os.path.join(REPO, "configs", f"{config_name}.py"),
-                           [f"--config.train.batch_size={batch_size}"])
+  config = _load_config(config_name, [f"--config.train.batch_size={batch_size}"])
+  batch_size = config.train.batch_size
   runtime.setup(config)
   method = methods.make(config)
   mesh = mesh_lib.make_mesh()
@@ -86,21 +111,25 @@ def measure(config_name: str, batch_size: int, windows: int, steps_per_window: i
     jax.block_until_ready((state, metrics))
     seconds.append((time.perf_counter() - start) / steps_per_window)
   step_s = statistics.median(seconds)
+  tokens = TOKENS_PER_IMAGE[config.method](method.image_shape) if config.method in TOKENS_PER_IMAGE else None
   row = {"config": config_name, "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
-         "params_M": num_params / 1e6, "batch_size": batch_size, "train_compile_s": compile_s,
-         "train_step_s": step_s, "train_images_per_s": batch_size / step_s, "samplers": {}}
+         "params_M": num_params / 1e6, "batch_size": batch_size, "image_shape": method.image_shape,
+         "tokens_per_image": tokens, "train_compile_s": compile_s, "train_step_s": step_s,
+         "train_images_per_s": batch_size / step_s,
+         "train_tokens_per_s": batch_size * tokens / step_s if tokens else None, "samplers": {}}
 
+  sample_num = CONFIG_VARIANTS.get(config_name, (None, None, None))[2] or sample_num
   for spec in samplers:
-    variant = config_lib.load(os.path.join(REPO, "configs", f"{config_name}.py"),
-                              [f"--config.train.batch_size={batch_size}"] +
-                              [f"--config.{k}={v}" for k, v in SAMPLE_VARIANTS[spec].items()])
+    variant = _load_config(config_name, [f"--config.train.batch_size={batch_size}"] +
+                           [f"--config.{k}={v}" for k, v in SAMPLE_VARIANTS[spec].items()])
     sample = jax.jit(methods.make(variant).sample, static_argnums=2)
     start = time.perf_counter()
     compiled_sample = sample.lower(state.ema_params, keys["sample"], sample_num).compile()
     sample_compile_s = time.perf_counter() - start
     _, sample_s = _timed(compiled_sample, state.ema_params, keys["sample"])
     row["samplers"][spec] = {"num": sample_num, "compile_s": sample_compile_s, "seconds": sample_s,
-                             "images_per_s": sample_num / sample_s}
+                             "images_per_s": sample_num / sample_s,
+                             "tokens_per_s": sample_num * tokens / sample_s if tokens else None}
 
   stats = jax.devices()[0].memory_stats()
   if stats and "peak_bytes_in_use" in stats:
@@ -116,14 +145,23 @@ def _loadavg() -> list[str] | None:
   return open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
 
 
+def _per_s(value) -> str:
+  """A rate for the table: '-' where a row has none, whole numbers from 100 up, else 3 significant digits."""
+  if value is None:
+    return "-"
+  return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def table(rows: list[dict]) -> str:
-  lines = ["| config | params | batch | train img/s | step ms | compile s | sampler | sample img/s | "
-           "sample compile s | peak MiB |", "|" + "---|" * 10]
+  lines = ["| config | params | batch | train img/s | train tok/s | step ms | compile s | sampler | "
+           "sample img/s | sample tok/s | sample compile s | peak MiB |", "|" + "---|" * 12]
   for r in rows:
     for i, (spec, s) in enumerate(r["samplers"].items() or [("-", None)]):
       head = (f"| {r['config']} | {r['params_M']:.2f}M | {r['batch_size']} | {r['train_images_per_s']:.1f} | "
-              f"{1000 * r['train_step_s']:.0f} | {r['train_compile_s']:.1f} |") if i == 0 else "| | | | | | |"
-      tail = (f" {spec} (n={s['num']}) | {s['images_per_s']:.2f} | {s['compile_s']:.1f} |" if s else " - | - | - |")
+              f"{_per_s(r.get('train_tokens_per_s'))} | {1000 * r['train_step_s']:.0f} | "
+              f"{r['train_compile_s']:.1f} |") if i == 0 else "| | | | | | | |"
+      tail = (f" {spec} (n={s['num']}) | {s['images_per_s']:.3g} | {_per_s(s.get('tokens_per_s'))} | "
+              f"{s['compile_s']:.1f} |" if s else " - | - | - | - |")
       peak = f" {r['peak_memory_MiB']:.0f} ({r['peak_memory_kind']}) |" if i == 0 else " |"
       lines.append(head + tail + peak)
   return "\n".join(lines)

@@ -75,7 +75,7 @@ def trained(run):
   method, mesh, state, step = workdir_lib.restore_latest(workdir, config)
   assert step == STEPS
   source = datasets.open_split(config.data, config.data.eval_split)
-  batch = pipeline.eval_dataset(source, local_batch_size=64, process_index=0, process_count=1)[0]
+  batch = pipeline.eval_dataset(source, config.data, local_batch_size=64, process_index=0, process_count=1)[0]
   return config, method, mesh, vae.build(config), state.ema_params, jax.tree.map(jnp.asarray, batch)
 
 

@@ -2,11 +2,11 @@
 
 import ml_collections
 
-from genimg_jax.methods import diffusion, vae
+from genimg_jax.methods import autoregressive, diffusion, vae
 from genimg_jax.methods.base import Method
 from genimg_jax.registry import lookup
 
-METHODS = {"diffusion": diffusion.make, "vae": vae.make}
+METHODS = {"autoregressive": autoregressive.make, "diffusion": diffusion.make, "vae": vae.make}
 
 
 def make(config: ml_collections.ConfigDict) -> Method:

@@ -1,0 +1,139 @@
+"""Autoregressive Transformer method (ImageGPT-style): exact pixel likelihood, token-by-token sampling."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from genimg_jax.config import require
+from genimg_jax.losses import autoregressive as arl
+from genimg_jax.methods import autoregressive_sampling as sampling
+from genimg_jax.methods.base import Method, TrainState, ema_update, make_optimizer, optimizer_config
+from genimg_jax.models import transformer
+from genimg_jax.registry import lookup
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The sections the autoregressive method reads, with small ImageGPT-like defaults."""
+  return ml_collections.ConfigDict({
+      "model": {
+          "num_layers": 8, "width": 512, "num_heads": 8, "mlp_ratio": 4, "dropout": 0.0,
+          "position_embedding": "factorized",  # factorized (row + column + channel) | learned
+          "num_classes": 0,  # 0: unconditional; else the start token is a learned vector per class
+          "attention": "auto",  # auto (cuDNN on a GPU with bfloat16, else XLA) | xla | cudnn
+          "dtype": "float32",  # compute dtype; parameters stay float32, logits float32
+      },
+      # A built-in loss name or your own pure function as 'module:function'.
+      "loss": {"name": "nll"},
+      "optimizer": optimizer_config(),
+      "ema": {"decay": 0.999},
+      "sample": {
+          "sampler": "cached",  # cached (key/value cache) | uncached (full forward pass per token)
+          "temperature": 1.0,  # 0: greedy
+          "top_k": 0,  # 0: all 256 values
+      },
+  })
+
+
+def _validate(config) -> None:
+  m, s = config.model, config.sample
+  for field in ("num_layers", "width", "num_heads", "mlp_ratio"):
+    require(m[field] > 0, f"model.{field}", f"must be > 0, got {m[field]}")
+  require(m.width % m.num_heads == 0, "model.num_heads", f"must divide model.width={m.width}")
+  require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+  require(m.position_embedding in transformer.POSITION_EMBEDDINGS, "model.position_embedding",
+          f"must be one of {transformer.POSITION_EMBEDDINGS}")
+  require(m.num_classes >= 0, "model.num_classes", "must be >= 0 (0: unconditional)")
+  require(m.attention in transformer.ATTENTION_IMPLEMENTATIONS, "model.attention",
+          f"must be one of {transformer.ATTENTION_IMPLEMENTATIONS}")
+  require(m.dtype in DTYPES, "model.dtype", f"must be one of {sorted(DTYPES)}")
+  require(0.0 <= config.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
+  require(s.sampler in sampling.SAMPLERS, "sample.sampler", f"must be one of {sampling.SAMPLERS}")
+  require(s.temperature >= 0.0, "sample.temperature", "must be >= 0 (0: greedy)")
+  require(0 <= s.top_k <= transformer.NUM_TOKENS, "sample.top_k",
+          f"must be in [0, {transformer.NUM_TOKENS}] (0: no restriction)")
+
+
+def make_model(config: ml_collections.ConfigDict) -> transformer.ImageTransformer:
+  """The Transformer a (validated) config describes."""
+  m = config.model
+  return transformer.ImageTransformer(
+      image_shape=(config.data.image_size, config.data.image_size, config.data.channels),
+      num_layers=m.num_layers, width=m.width, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+      dropout=m.dropout, num_classes=m.num_classes, position_embedding=m.position_embedding,
+      attention=m.attention, dtype=DTYPES[m.dtype])
+
+
+def sample_labels(num: int, num_classes: int) -> jax.Array | None:
+  """The classes sample() conditions on: 0, 1, ..., num_classes - 1, 0, 1, ... ([num] int32); None if 0."""
+  return jnp.arange(num, dtype=jnp.int32) % num_classes if num_classes else None
+
+
+def make(config: ml_collections.ConfigDict) -> Method:
+  """Builds the autoregressive method's pure functions from a validated config.
+
+  sample(params, rng, num) draws with config.sample (sampler, temperature, top_k);
+  a class-conditional model gets the labels of `sample_labels` (classes in turn).
+  """
+  _validate(config)
+  model = make_model(config)
+  image_shape = model.image_shape
+  loss_fn = lookup("config.loss.name", config.loss.name, arl.BUILTIN_LOSSES)
+  require(callable(loss_fn), "loss.name", f"{config.loss.name!r} is not a function")
+  tx, learning_rate = make_optimizer(config.optimizer)
+  ema_decay = config.ema.decay
+  conditional = config.model.num_classes > 0
+
+  def logits_train(params, tokens, labels, rng):
+    return model.apply({"params": params}, tokens, labels if conditional else None, train=True,
+                       rngs={"dropout": rng})
+
+  def logits_eval(params, tokens, labels, rng):
+    del rng  # No dropout in eval mode.
+    return model.apply({"params": params}, tokens, labels if conditional else None, train=False)
+
+  train_ctx = arl.ModelContext(logits_train)
+  eval_ctx = arl.ModelContext(logits_eval)
+
+  def init(rng):
+    tokens = jnp.zeros((1, model.seq_len), jnp.int32)
+    params = model.init({"params": rng}, tokens, jnp.zeros((1,), jnp.int32) if conditional else None)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema_params=params)
+
+  def train_step(state, batch, rng):
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, ctx=train_ctx), has_aux=True)
+    (loss, metrics), grads = grad_fn(state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              ema_params=ema_update(state.ema_params, params, ema_decay, state.step))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                   learning_rate=learning_rate(state.opt_state))
+    return new_state, metrics
+
+  def eval_step(params, batch, rng):
+    _, metrics = loss_fn(params, batch, rng, ctx=eval_ctx)
+    return metrics
+
+  def sample(params, rng, num):
+    s = config.sample
+    labels = sample_labels(num, config.model.num_classes)
+    if s.sampler == "cached":
+      def decode_step(previous, position, cache):
+        return model.apply({"params": params}, previous, labels, position, cache,
+                           method=transformer.ImageTransformer.decode_step)
+
+      tokens = sampling.sample_cached(decode_step, transformer.init_cache(model, num), num, model.seq_len, rng,
+                                      s.temperature, s.top_k)
+    else:
+      forward = lambda tokens: model.apply({"params": params}, tokens, labels, train=False)
+      tokens = sampling.sample_uncached(forward, num, model.seq_len, rng, s.temperature, s.top_k)
+    return arl.tokens_to_image(tokens, image_shape)
+
+  return Method(init=init, train_step=train_step, sample=sample, eval_step=eval_step,
+                image_shape=image_shape)
