@@ -4,7 +4,8 @@ For data sets with labels and no downloaded feature network (digits, MNIST,
 Fashion-MNIST, the user's labelled folders and .npz files). Training is
 deterministic: a fixed seed, a fixed order (one NumPy permutation per epoch),
 seeded one-pixel shifts, AdamW, no dropout; retraining gives bit-identical
-parameters on the same platform. The parameters are cached as a plain .npz per data set and image size.
+parameters on the same platform. The parameters are cached as a plain .npz per
+data set and image size.
 """
 
 import dataclasses
@@ -20,6 +21,7 @@ import optax
 
 from genimg_jax import images as images_lib
 from genimg_jax.data import datasets, preprocess
+from genimg_jax.evaluation import cache
 from genimg_jax.errors import DataError
 from genimg_jax.models.classifier import SmallClassifier
 
@@ -31,7 +33,6 @@ BATCH_SIZE = 64
 LEARNING_RATE = 3e-3
 WEIGHT_DECAY = 1e-2
 MAX_SHIFT = 1
-FEATURE_NETS_DIR = "genimg_feature_nets"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +43,6 @@ class Classifier:
   num_classes: int
   test_accuracy: float
   name: str
-
-  def apply(self, images_uint8: jax.Array) -> dict[str, jax.Array]:
-    """uint8 [N, H, W, C] -> {'features': [N, 128], 'logits': [N, num_classes]} float32."""
-    return SmallClassifier(self.num_classes).apply({"params": self.params},
-                                                   images_lib.uint8_to_float(images_uint8))
 
 
 def load_split(data: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -119,18 +115,10 @@ def accuracy(params: dict, num_classes: int, images: np.ndarray, labels: np.ndar
   return float(np.mean(np.asarray(jnp.argmax(logits["logits"], axis=-1)) == labels))
 
 
-def _dataset_key(data: ml_collections.ConfigDict) -> str:
-  """The prepared data set's folder under the data dir (it names the data set, its version and,
-  for the user's own, their content), plus the image size it is read at."""
-  builder = datasets.prepare(data)
-  folder = os.path.relpath(str(builder.data_dir), str(builder.data_dir_root))
-  return f"{folder.replace(os.sep, '_')}_{data.image_size}x{data.image_size}x{data.channels}"
-
-
 def cache_path(data: ml_collections.ConfigDict) -> str:
-  """<data dir>/genimg_feature_nets/classifier-<data set>_<size>-r<recipe>-<train split>.npz."""
-  return os.path.join(datasets.resolve_data_dir(data.data_dir), FEATURE_NETS_DIR,
-                      f"classifier-{_dataset_key(data)}-r{RECIPE_VERSION}-{data.train_split}.npz")
+  """<data dir>/genimg_feature_nets/classifier-<data set key>-r<recipe>-<train split>.npz."""
+  return os.path.join(cache.data_dir(data), cache.FEATURE_NETS_DIR,
+                      f"classifier-{cache.dataset_key(data)}-r{RECIPE_VERSION}-{data.train_split}.npz")
 
 
 def _fingerprint(flat: dict[str, np.ndarray]) -> str:
@@ -156,8 +144,7 @@ def get(data: ml_collections.ConfigDict) -> Classifier:
   """
   path = cache_path(data)
   if os.path.isfile(path):
-    with np.load(path, allow_pickle=False) as f:
-      flat = {k: f[k] for k in f.files}
+    flat = cache.load_npz(path)
     num_classes, test_accuracy = int(flat.pop("num_classes")), float(flat.pop("test_accuracy"))
     params = flax.traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}, sep="/")
     return _named(params, num_classes, test_accuracy, data)
@@ -168,10 +155,16 @@ def get(data: ml_collections.ConfigDict) -> Classifier:
                     f"{data.train_split} has a single class; use the Inception network instead")
   params = train(images, labels, num_classes)
   test_accuracy = accuracy(params, num_classes, *load_split(data, data.eval_split))
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    flat = flax.traverse_util.flatten_dict(jax.device_get(params), sep="/")
-    temporary = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(temporary, num_classes=num_classes, test_accuracy=test_accuracy, **flat)
-    os.replace(temporary, path)  # Never a half-written cache file.
+  cache.save_npz(path, num_classes=num_classes, test_accuracy=test_accuracy,
+                 **flax.traverse_util.flatten_dict(jax.device_get(params), sep="/"))
   return _named(params, num_classes, test_accuracy, data)
+
+
+def apply_fn(num_classes: int):
+  """(variables, uint8 images [N, H, W, C]) -> {'features': [N, 128], 'logits': [N, num_classes]} float32."""
+  model = SmallClassifier(num_classes)
+
+  def apply(variables, images_uint8):
+    return model.apply(variables, images_lib.uint8_to_float(images_uint8))
+
+  return apply

@@ -15,17 +15,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from genimg_jax.errors import DataError
+from genimg_jax.evaluation import cache
 from genimg_jax.models.inception import INPUT_SIZE, InceptionV3
 
 PTH_NAME = "pt_inception-2015-12-05-6726825d.pth"
 PTH_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{PTH_NAME}"
 NPZ_NAME = "inception_v3_fid.npz"
-FEATURE_NETS_DIR = "genimg_feature_nets"
 
 
 def default_path(data_dir: str) -> str:
   """Where the converted weights are looked for by default: <data dir>/genimg_feature_nets/inception_v3_fid.npz."""
-  return os.path.join(data_dir, FEATURE_NETS_DIR, NPZ_NAME)
+  return os.path.join(data_dir, cache.FEATURE_NETS_DIR, NPZ_NAME)
 
 
 def how_to_get(out_path: str) -> str:

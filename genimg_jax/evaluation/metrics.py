@@ -6,6 +6,7 @@ implementation does), in blocks so that 50k x 50k distances fit in memory.
 """
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -36,10 +37,12 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
   sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
     raise ValueError(f"statistics of different dimensions: {mu1.shape} vs {mu2.shape}")
-  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-  if not np.isfinite(covmean).all():
-    offset = np.eye(sigma1.shape[0]) * eps
-    covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+  with warnings.catch_warnings():  # A singular product is expected with fewer samples than dimensions.
+    warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+      offset = np.eye(sigma1.shape[0]) * eps
+      covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
   if np.iscomplexobj(covmean):
     imaginary = np.max(np.abs(np.diagonal(covmean).imag))
     if imaginary > max_imaginary:
