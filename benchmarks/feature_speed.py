@@ -34,8 +34,9 @@ def _net(name: str, inception_input: int):
   if name == "inception":
     variables = jax.jit(inception.InceptionV3().init)(jax.random.PRNGKey(0),
                                                        jnp.zeros((1, 299, 299, 3), jnp.float32))
-    return (features.FeatureNet("inception", "inception", variables, features._apply_inception),
-            (inception_input, inception_input, 3), f"InceptionV3 (FID), {inception_input}x{inception_input}x3 -> 299x299")
+    side = inception_input
+    return (features.FeatureNet("inception", "inception", variables, features.apply_inception),
+            (side, side, 3), f"InceptionV3 (FID), {side}x{side}x3 -> 299x299")
   size = int(name.removeprefix("classifier"))
   params = SmallClassifier(10).init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 1)))["params"]
   return (features.FeatureNet(name, name, {"params": params}, classifier.apply_fn(10)), (size, size, 1),
@@ -54,14 +55,14 @@ def measure(name: str, batch_size: int, windows: int, batches_per_window: int, i
   extractor = features.Extractor(net, mesh)
   images = mesh_lib.to_global(np.random.default_rng(0).integers(0, 256, (batch_size,) + shape, dtype=np.uint8), mesh)
   start = time.perf_counter()
-  compiled = extractor._fn.lower(extractor._variables, images).compile()
+  compiled = extractor.fn.lower(extractor.variables, images).compile()
   compile_s = time.perf_counter() - start
-  jax.block_until_ready(compiled(extractor._variables, images))  # Warm-up, untimed.
+  jax.block_until_ready(compiled(extractor.variables, images))  # Warm-up, untimed.
   seconds = []
   for _ in range(windows):
     start = time.perf_counter()
     for _ in range(batches_per_window):
-      out = compiled(extractor._variables, images)
+      out = compiled(extractor.variables, images)
     jax.block_until_ready(out)
     seconds.append((time.perf_counter() - start) / batches_per_window)
   batch_s = statistics.median(seconds)

@@ -36,7 +36,8 @@ class FeatureNet:
   apply: Callable[[Any, jax.Array], dict[str, jax.Array]]
 
 
-def _apply_inception(variables, images_uint8):
+def apply_inception(variables, images_uint8):
+  """InceptionV3 on uint8 images [N, H, W, C] -> {'features': pool [N, 2048], 'logits': unbiased [N, 1008]}."""
   out = inception.InceptionV3().apply(variables, inception.preprocess(images_uint8))
   return {"features": out["pool"], "logits": out["logits_unbiased"]}
 
@@ -47,7 +48,7 @@ def inception_net(weights_path: str) -> FeatureNet:
   with open(weights_path, "rb") as f:
     digest = hashlib.file_digest(f, "sha256").hexdigest()[:10]
   return FeatureNet(f"inception-v3-fid[pool3 2048-d, sha256 {digest}]", f"inception-{digest}", variables,
-                    _apply_inception)
+                    apply_inception)
 
 
 def classifier_net(data: ml_collections.ConfigDict) -> FeatureNet:
@@ -84,12 +85,12 @@ class Extractor:
 
   def __init__(self, net: FeatureNet, mesh: Mesh):
     self._mesh = mesh
-    self._variables = jax.device_put(net.variables, mesh_lib.replicated(mesh))
-    self._fn = jax.jit(net.apply, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)),
-                       out_shardings=mesh_lib.replicated(mesh))
+    self.variables = jax.device_put(net.variables, mesh_lib.replicated(mesh))
+    self.fn = jax.jit(net.apply, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)),
+                      out_shardings=mesh_lib.replicated(mesh))
 
   def __call__(self, local_images: np.ndarray) -> dict[str, np.ndarray]:
-    out = self._fn(self._variables, mesh_lib.to_global(local_images, self._mesh))
+    out = self.fn(self.variables, mesh_lib.to_global(local_images, self._mesh))
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
