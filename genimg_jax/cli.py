@@ -5,11 +5,24 @@ field or file, and exit code 2; no traceback.
 """
 
 import argparse
-import json
-import os
 import sys
 
 from genimg_jax.errors import Preempted, UserError
+
+SAMPLER_FLAGS = ("sampler", "steps", "eta")
+EVAL_FLAGS = ("metrics", "num_samples", "batch_size", "feature_net", "reference_split", "inception_weights")
+
+
+def _add_sampler_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--sampler", help="override config.sample.sampler (e.g. ddpm, ddim)")
+  parser.add_argument("--steps", type=int, help="override config.sample.steps (DDIM)")
+  parser.add_argument("--eta", type=float, help="override config.sample.eta (DDIM)")
+
+
+def _override_sampler(config, args) -> None:
+  for field in SAMPLER_FLAGS:
+    if getattr(args, field) is not None:
+      config.sample[field] = getattr(args, field)
 
 
 def _distributed_flags() -> argparse.ArgumentParser:
@@ -44,14 +57,27 @@ def _parser() -> argparse.ArgumentParser:
   sample.add_argument("--out", required=True, help="PNG file to write")
   sample.add_argument("--num", type=int, default=64, help="number of images")
   sample.add_argument("--seed", type=int, default=0)
-  sample.add_argument("--sampler", help="override config.sample.sampler (e.g. ddpm, ddim)")
-  sample.add_argument("--steps", type=int, help="override config.sample.steps (DDIM)")
-  sample.add_argument("--eta", type=float, help="override config.sample.eta (DDIM)")
+  _add_sampler_flags(sample)
 
-  evaluate = sub.add_parser("eval", help="held-out metrics of the latest checkpoint (EMA params)",
-                            parents=[distributed])
-  evaluate.add_argument("--workdir", required=True)
+  evaluate = sub.add_parser(
+      "eval", help="sample-quality and held-out metrics of the latest checkpoint (EMA params)",
+      epilog="Defaults come from the run's config.eval section. Writes WORKDIR/eval/eval_<step>.json.",
+      parents=[distributed])
+  evaluate.add_argument("--workdir", help="a `genimg train` workdir")
+  evaluate.add_argument("--metrics", help="comma-separated from fid, kid, is, pr (precision/recall), "
+                        "bpd (held-out eval_step metrics)")
+  evaluate.add_argument("--num_samples", type=int, help="generated images for fid, kid, is and pr")
+  evaluate.add_argument("--batch_size", type=int, help="global batch for sampling and features")
+  evaluate.add_argument("--feature_net", help="inception | classifier | auto")
+  evaluate.add_argument("--reference_split", help="the data split generated images are compared with")
+  evaluate.add_argument("--inception_weights", help="the converted InceptionV3 .npz (see convert-inception)")
   evaluate.add_argument("--seed", type=int, default=0)
+  _add_sampler_flags(evaluate)
+  eval_sub = evaluate.add_subparsers(dest="eval_command")
+  convert = eval_sub.add_parser("convert-inception", help="convert pytorch-fid's InceptionV3 .pth to a plain .npz "
+                                "(needs torch for this step only)")
+  convert.add_argument("--pth", required=True, help="pt_inception-2015-12-05-6726825d.pth")
+  convert.add_argument("--out", help="the .npz to write (default: <data dir>/genimg_feature_nets/inception_v3_fid.npz)")
 
   data = sub.add_parser("data", help="prepare a config's data set, or look at its training images")
   data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -83,9 +109,7 @@ def _sample(args) -> None:
   if args.num <= 0:
     raise ConfigError("--num", f"must be > 0, got {args.num}")
   config = workdir.read_config(args.workdir)
-  for field in ("sampler", "steps", "eta"):
-    if getattr(args, field) is not None:
-      config.sample[field] = getattr(args, field)
+  _override_sampler(config, args)
   runtime.setup(config)
   method, mesh, state, step = workdir.restore_latest(args.workdir, config)
   samples = steps.sampler(method, mesh, args.num)(state.ema_params, steps.root_keys(args.seed)["sample"])
@@ -94,19 +118,37 @@ def _sample(args) -> None:
 
 
 def _eval(args) -> None:
-  from genimg_jax.evaluation import held_out
-  from genimg_jax.train import runtime, steps, workdir
+  from genimg_jax.errors import ConfigError
+  from genimg_jax.evaluation import suite
+  from genimg_jax.train import runtime, workdir
 
+  if args.eval_command == "convert-inception":
+    _convert_inception(args)
+    return
+  if not args.workdir:
+    raise ConfigError("--workdir", "required: the workdir of a `genimg train` run")
   config = workdir.read_config(args.workdir)
+  _override_sampler(config, args)
+  options, fields = suite.settings(config), {}
+  for flag in EVAL_FLAGS:
+    if getattr(args, flag) is not None:
+      options[flag], fields[flag] = getattr(args, flag), f"--{flag}"
+  suite.validate(config, options, fields)  # Before the checkpoint is read: fail fast.
   runtime.setup(config)
   method, mesh, state, step = workdir.restore_latest(args.workdir, config)
-  metrics = held_out.evaluate(config, method, mesh, state.ema_params, steps.root_keys(args.seed)["eval"])
-  metrics.update(step=step, params="ema", seed=args.seed)
-  out = os.path.join(args.workdir, "eval", f"step_{step:07d}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(metrics, f, indent=2)
-  print(json.dumps(metrics))
+  report = suite.Evaluator(config, method, mesh, options, args.seed, fields)(state.ema_params, step)
+  path = suite.write_report(args.workdir, report)
+  print(suite.table(report))
+  print(f"-> {path}")
+
+
+def _convert_inception(args) -> None:
+  from genimg_jax.data import datasets
+  from genimg_jax.evaluation import inception_weights
+
+  out = args.out or inception_weights.default_path(datasets.resolve_data_dir(""))
+  count = inception_weights.convert_pth(args.pth, out)
+  print(f"{out}: {count} arrays of the FID InceptionV3 from {args.pth}")
 
 
 def _data(args, overrides) -> None:

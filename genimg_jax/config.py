@@ -57,6 +57,17 @@ def base_config() -> ml_collections.ConfigDict:
   # Updates with a NaN/Inf loss, metric or parameter are skipped; this many in a row stop the run.
   c.train.max_consecutive_nonfinite = 5
 
+  # Sample-quality and held-out metrics: `genimg eval`, and during training every eval.every steps.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 0  # steps between evaluations while training; 0: none
+  c.eval.metrics = "bpd"  # comma-separated: fid, kid, is, pr (precision/recall), bpd (held-out eval_step)
+  c.eval.num_samples = 10000  # generated images for fid, kid, is, pr
+  c.eval.batch_size = 0  # global batch for sampling and features; 0: train.batch_size
+  c.eval.feature_net = "auto"  # inception | classifier | auto (classifier for digits/mnist/fashion_mnist)
+  c.eval.reference_split = ""  # the data split generated images are compared with; "": data.train_split
+  c.eval.inception_weights = ""  # converted .npz; "": <data dir>/genimg_feature_nets/inception_v3_fid.npz
+  c.eval.best_metric = ""  # keep checkpoints_best/ at the best value of this metric (e.g. fid); "": none
+
   c.debug = ml_collections.ConfigDict()
   c.debug.nans = False  # jax_debug_nans: stop at the first op that produces a NaN, and name it
   c.debug.inject_nan_at_steps = ()  # test hook: NaN batches at these steps (0-based update index)

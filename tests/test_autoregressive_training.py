@@ -54,8 +54,8 @@ def test_training_on_digits_lowers_eval_bits_per_dim(data_dir):
   config = config_lib.load(IGPT_DIGITS, tiny_args(data_dir, 100, **{"train.eval_batches": 8}))
   method = methods.make(config)
   source = datasets.open_split(config.data, "train")
-  batches = iter(pipeline.train_dataset(source, seed=0, local_batch_size=16, process_index=0, process_count=1,
-                                        random_flip=False))
+  batches = iter(pipeline.train_dataset(source, config.data, seed=0, local_batch_size=16, process_index=0,
+                                        process_count=1))
   mesh = mesh_lib.make_mesh()
   key = jax.random.PRNGKey(2)
   before = held_out.evaluate(config, method, mesh, jax.jit(method.init)(jax.random.PRNGKey(0)).params, key)

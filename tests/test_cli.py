@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -62,13 +63,47 @@ def test_sample_is_byte_identical_for_a_seed(run):
   assert len({digests[k] for k in ("a", "c", "ddim", "ddpm")}) == 4
 
 
-def test_eval_writes_json(run):
+def test_eval_writes_every_requested_metric(run):
   root, workdir = run
-  result = genimg("eval", "--workdir", workdir, cwd=root)
+  result = genimg("eval", "--workdir", workdir, "--metrics", "fid,kid,is,pr,bpd", "--num_samples", "40",
+                  "--batch_size", "16", cwd=root)
   assert result.returncode == 0, result.stderr
-  metrics = json.load(open(os.path.join(workdir, "eval", "step_0000010.json")))
-  assert metrics["split"] == "test" and metrics["num_examples"] == 288 and metrics["step"] == 10
-  assert 0 < metrics["loss"] < 10
+  report = json.load(open(os.path.join(workdir, "eval", "eval_0000010.json")))
+  assert report["step"] == 10 and sorted(report["metrics"]) == ["bpd", "fid", "is", "kid", "pr"]
+  results = report["metrics"]
+  for name in ("fid", "kid", "is", "pr"):
+    assert results[name]["feature_net"].startswith("classifier[digits train 8x8")
+    assert results[name]["num_samples"] == 40 and results[name]["seed"] == 0
+    assert results[name]["sampler"]["sampler"] == "ddim" and results[name]["sampler"]["steps"] == 5
+  assert results["fid"]["reference"] == "digits train 8x8 (1497 images)"
+  assert results["fid"]["value"] > 0 and results["kid"]["num_subsets"] == 100
+  assert 1 <= results["is"]["mean"] <= 10  # 10 classes.
+  assert 0 <= results["pr"]["precision"] <= 1 and 0 <= results["pr"]["recall"] <= 1
+  held = results["bpd"]
+  assert held["split"] == "test" and held["num_examples"] == 288 and 0 < held["loss"] < 10
+  parts = held["vlb_prior_bpd"] + held["vlb_diffusion_bpd"] + held["vlb_decoder_bpd"]
+  assert held["vlb_bpd"] == pytest.approx(parts, rel=1e-5) and 0 < held["vlb_bpd"] < 20
+  assert held["vlb_nats"] == pytest.approx(held["vlb_bpd"] * 64 * math.log(2), rel=1e-5)
+  table = result.stdout
+  assert "| fid |" in table and "| recall |" in table and "| vlb_bpd |" in table and "eval_0000010.json" in table
+
+
+def test_eval_without_inception_weights_says_how_to_get_them(run, tmp_path):
+  root, workdir = run
+  missing = str(tmp_path / "inception_v3_fid.npz")
+  result = genimg("eval", "--workdir", workdir, "--metrics", "fid", "--feature_net", "inception",
+                  "--inception_weights", missing, cwd=root)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  line = result.stderr.strip()
+  assert len(line.splitlines()) == 1 and line.startswith(f"genimg: error: {missing}: ")
+  assert "pt_inception-2015-12-05-6726825d.pth" in line and "https://github.com/mseitzer/pytorch-fid" in line
+  assert f"genimg eval convert-inception --pth pt_inception-2015-12-05-6726825d.pth --out {missing}" in line
+
+
+def test_eval_rejects_an_unknown_metric_by_its_flag(run):
+  root, workdir = run
+  result = genimg("eval", "--workdir", workdir, "--metrics", "fid,nope", cwd=root)
+  assert result.returncode == 2 and result.stderr.startswith("genimg: error: --metrics: unknown metric(s) ['nope']")
 
 
 def test_train_resumes_in_the_same_workdir(run, data_dir):

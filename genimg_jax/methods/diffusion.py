@@ -114,8 +114,18 @@ def make(config: ml_collections.ConfigDict) -> Method:
                    learning_rate=learning_rate(state.opt_state))
     return new_state, metrics
 
+  num_dims = image_shape[0] * image_shape[1] * image_shape[2]
+
   def eval_step(params, batch, rng):
-    _, metrics = loss_fn(params, batch, rng, ctx=eval_ctx)
+    """The loss, and the variational bound (nats per image, bits/dim) of the sampler's reverse process."""
+    loss_rng, vlb_rng = jax.random.split(rng)
+    _, metrics = loss_fn(params, batch, loss_rng, ctx=eval_ctx)
+    bound = dl.variational_bound(eval_ctx, params, batch["image"], vlb_rng,
+                                 variance=config.sample.ddpm_variance, clip_x0=config.sample.clip_x0)
+    metrics = dict(metrics, vlb_nats=jnp.mean(bound["total"]))
+    for part in ("total", "prior", "diffusion", "decoder"):
+      name = "vlb_bpd" if part == "total" else f"vlb_{part}_bpd"
+      metrics[name] = jnp.mean(dl.nats_to_bits_per_dim(bound[part], num_dims))
     return metrics
 
   def sample(params, rng, num):

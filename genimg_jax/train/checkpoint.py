@@ -6,6 +6,7 @@ checkpoint that is complete but unreadable (truncated or corrupted files) is
 moved aside as `<step>.corrupt` with a warning, and the next older one is used.
 """
 
+import json
 import os
 from typing import Any, NamedTuple
 
@@ -148,4 +149,39 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+class BestCheckpoint:
+  """The state at the best value of one evaluation metric so far, for picking a model by quality.
+
+  directory/<step>: a checkpoint like the others (one kept); directory/best.json:
+  {'metric', 'value', 'step'}, read back on resume so the best-so-far survives.
+  """
+
+  def __init__(self, directory: str, metric: str, higher_is_better: bool):
+    self.metric, self.higher_is_better = metric, higher_is_better
+    self._checkpointer = Checkpointer(directory, keep=1)
+    self._record = os.path.join(self._checkpointer.directory, "best.json")
+    self.value = self.step = None
+    if os.path.isfile(self._record):
+      with open(self._record) as f:
+        saved = json.load(f)
+      if saved.get("metric") == metric:
+        self.value, self.step = saved["value"], saved["step"]
+
+  def update(self, step: int, value: float, state, data_iterator) -> bool:
+    """Saves `state` if `value` beats the best so far; returns whether it did."""
+    if self.value is not None and (value <= self.value if self.higher_is_better else value >= self.value):
+      return False
+    self._checkpointer.save(step, state, data_iterator)
+    self._checkpointer.wait()  # best.json never names a checkpoint still being written.
+    self.value, self.step = float(value), step
+    if jax.process_index() == 0:
+      with open(self._record + ".tmp", "w") as f:
+        json.dump({"metric": self.metric, "value": self.value, "step": step}, f)
+      os.replace(self._record + ".tmp", self._record)
+    return True
+
+  def close(self) -> None:
+    self._checkpointer.close()
 

@@ -16,6 +16,7 @@ from genimg_jax import config as config_lib
 from genimg_jax import methods
 from genimg_jax.data import datasets, pipeline
 from genimg_jax.errors import DataError, Preempted, TrainingDiverged
+from genimg_jax.evaluation import suite
 from genimg_jax.methods.base import TrainState
 from genimg_jax.train import checkpoint as ckpt_lib
 from genimg_jax.train import guards
@@ -42,7 +43,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
 
   Writes under workdir: config.json (and config_history/), checkpoints/,
   tensorboard/, samples/ (sample grids, and the method's image_grids if it has
-  any). Returns the final TrainState.
+  any); with config.eval.every also eval/eval_<step>.json, and with
+  config.eval.best_metric checkpoints_best/. Returns the final TrainState.
   Raises Preempted after checkpointing on SIGTERM/SIGINT or a preemption notice,
   and TrainingDiverged after config.train.max_consecutive_nonfinite skipped updates.
   """
@@ -92,6 +94,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
   monitor = guards.NonFiniteMonitor(config.train.max_consecutive_nonfinite)
   total = config.train.steps
 
+  # Periodic evaluation: built now so that missing weights or data fail before the first step.
+  eval_options = suite.settings(config)
+  evaluator = suite.Evaluator(config, method, mesh, eval_options, config.seed) if eval_options.every else None
+  best = None
+  if evaluator:
+    evaluator.prepare()
+    if eval_options.best_metric:
+      best = ckpt_lib.BestCheckpoint(workdir_lib.best_checkpoint_dir(workdir), eval_options.best_metric,
+                                     eval_options.best_metric in suite.HIGHER_IS_BETTER)
+
   # ---- The loop. --------------------------------------------------------------------------
   window, window_start = [], time.perf_counter()
   progress = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
@@ -140,9 +152,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
           if grids:
             for name, pictures in grids(state.ema_params, jax.random.fold_in(keys["eval"], step)).items():
               writer.grid(name, step, pictures)
+
+        if evaluator and (step % eval_options.every == 0 or last):
+          report = evaluator(state.ema_params, step)
+          path = suite.write_report(workdir, report)
+          values = suite.scalars(report)
+          writer.scalars(step, {f"eval/{name}": value for name, value in values.items()})
+          progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()) + f" -> {path}")
+          if best and best.update(step, suite.metric_value(values, best.metric), state, data_iter):
+            progress.write(f"step {step}: best {best.metric} so far -> {workdir_lib.best_checkpoint_dir(workdir)}")
   finally:
     # ---- Tear-down: finish pending checkpoint writes. -----------------------------------
     progress.close()
     checkpointer.close()
+    if best:
+      best.close()
     writer.close()
   return state

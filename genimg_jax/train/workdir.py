@@ -21,6 +21,11 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
+def best_checkpoint_dir(workdir: str) -> str:
+  """The checkpoint at the best value of config.eval.best_metric (see checkpoint.BestCheckpoint)."""
+  return os.path.join(workdir, "checkpoints_best")
+
+
 def write_config(workdir: str, config: ml_collections.ConfigDict, start_step: int) -> None:
   """Saves the resolved config as workdir/config.json, and as
   workdir/config_history/step_<start_step>.json for this run segment (process 0 only)."""

@@ -1,0 +1,226 @@
+"""The evaluation suite: sample, extract features on the device, compute metrics, report.
+
+Used by `genimg eval` and, every config.eval.every steps, by the trainer. Each
+reported number states how it was computed: the feature network, the number of
+samples, the reference split, the sampler settings and the seed.
+"""
+
+import json
+import math
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from genimg_jax import config as config_lib
+from genimg_jax import images as images_lib
+from genimg_jax.data import datasets
+from genimg_jax.errors import ConfigError
+from genimg_jax.evaluation import features, held_out, inception_weights, metrics, reference
+from genimg_jax.methods.base import Method
+from genimg_jax.train import mesh as mesh_lib
+from genimg_jax.train import steps
+
+SAMPLE_METRICS = ("fid", "kid", "is", "pr")
+METRICS = SAMPLE_METRICS + ("bpd",)
+# Scalars (see `scalars`) where larger is better; for all others smaller is better.
+HIGHER_IS_BETTER = ("is", "precision", "recall")
+KID_SUBSET_SIZE, KID_SUBSETS = 1000, 100
+IS_SPLITS = 10
+PR_NEIGHBOURS = 3
+
+
+def settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.eval over the defaults (runs saved before the section existed have none)."""
+  merged = config_lib.base_config().eval
+  if "eval" in config:
+    merged.update(config.eval.to_dict())
+  return merged
+
+
+def parse_metrics(text: str, field: str = "config.eval.metrics") -> tuple[str, ...]:
+  """'fid,kid' -> ('fid', 'kid'); ConfigError naming `field` for an empty list or an unknown name."""
+  names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+  unknown = [name for name in names if name not in METRICS]
+  if not names or unknown:
+    raise ConfigError(field, f"unknown metric(s) {unknown} in {text!r}; choose from {', '.join(METRICS)}")
+  return names
+
+
+def validate(config: ml_collections.ConfigDict, options: ml_collections.ConfigDict,
+             fields: dict[str, str] | None = None) -> tuple[str, ...]:
+  """Checks an eval section; returns its metrics. `fields` renames fields in messages (CLI flags)."""
+  name = lambda field: (fields or {}).get(field, f"config.eval.{field}")
+  chosen = parse_metrics(options.metrics, name("metrics"))
+  for field in ("every", "batch_size"):
+    if options[field] < 0:
+      raise ConfigError(name(field), f"must be >= 0, got {options[field]}")
+  if options.num_samples < 2:
+    raise ConfigError(name("num_samples"), f"must be >= 2, got {options.num_samples}")
+  if "is" in chosen and options.num_samples < IS_SPLITS:
+    raise ConfigError(name("num_samples"), f"the Inception Score needs at least {IS_SPLITS} samples "
+                      f"(one per split), got {options.num_samples}")
+  features.resolve(options.feature_net, config.data, name("feature_net"))
+  split = options.reference_split or config.data.train_split
+  if split not in datasets.splits_of(config.data):
+    raise ConfigError(name("reference_split"), f"{config.data.name} has splits "
+                      f"{datasets.splits_of(config.data)}, not {split!r}")
+  if options.best_metric:
+    producers = {"fid": "fid", "kid": "kid", "is": "is", "precision": "pr", "recall": "pr"}
+    needed = producers.get(options.best_metric, "bpd")  # Other names are the method's eval_step metrics.
+    if needed not in chosen:
+      raise ConfigError(name("best_metric"), f"{options.best_metric!r} needs metric {needed!r} in "
+                        f"eval.metrics ({options.metrics!r})")
+  return chosen
+
+
+def metric_value(values: dict[str, float], name: str) -> float:
+  """values[name]; ConfigError naming config.eval.best_metric if the evaluation did not produce it."""
+  if name not in values:
+    raise ConfigError("config.eval.best_metric", f"{name!r} is not among the evaluated numbers {sorted(values)}")
+  return values[name]
+
+
+def _sampler_settings(config: ml_collections.ConfigDict) -> dict:
+  """The config's `sample` section (the method's sampler settings), or {} if it has none."""
+  return config.sample.to_dict() if "sample" in config else {}
+
+
+class Evaluator:
+  """Evaluates parameters of one run; the feature network and reference are built on first use.
+
+  seed: generated batch i uses fold_in(root_keys(seed)['sample'], i); held-out
+  batches use root_keys(seed)['eval'] (see held_out.evaluate); KID subsets use seed.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, method: Method, mesh: Mesh,
+               options: ml_collections.ConfigDict, seed: int, fields: dict[str, str] | None = None):
+    self.metrics = validate(config, options, fields)
+    self.config, self.method, self.mesh, self.options, self.seed = config, method, mesh, options, seed
+    self.batch_size = options.batch_size or config.train.batch_size
+    self.local_batch = mesh_lib.local_batch_size(self.batch_size, mesh, (fields or {}).get(
+        "batch_size", "config.eval.batch_size"))
+    self.split = options.reference_split or config.data.train_split
+    self._net = self._extractor = self._reference = self._sample = None
+
+  def prepare(self) -> None:
+    """Builds the feature network, the reference features and the sampler if a sample metric needs them
+    (also done on first use; call it early to fail before training on missing weights)."""
+    if self._net is None and any(name in SAMPLE_METRICS for name in self.metrics):
+      weights = self.options.inception_weights or inception_weights.default_path(
+          datasets.resolve_data_dir(self.config.data.data_dir))
+      self._net = features.make(self.options.feature_net, self.config.data, weights)
+      self._extractor = features.Extractor(self._net, self.mesh)
+      self._reference = reference.get(self.config.data, self.split, self._net, self._extractor, self.mesh,
+                                      self.batch_size)
+      self._sample = steps.sampler(self.method, self.mesh, self.batch_size)
+
+  def generated_features(self, params) -> dict[str, np.ndarray]:
+    """Features of options.num_samples images drawn with method.sample, batch by batch."""
+    self.prepare()
+    key = steps.root_keys(self.seed)["sample"]
+    share = slice(jax.process_index() * self.local_batch, (jax.process_index() + 1) * self.local_batch)
+    num = self.options.num_samples
+    batches = ((images_lib.float_to_uint8(self._sample(params, jax.random.fold_in(key, i)))[share], self.local_batch)
+               for i in range(math.ceil(num / self.batch_size)))
+    out = features.extract(self._extractor, batches, self.local_batch)
+    return {name: value[:num] for name, value in out.items()}
+
+  def __call__(self, params, step: int) -> dict:
+    """{'step', 'params', 'metrics': {name: {values..., how it was computed}}} for these parameters."""
+    report = {"step": step, "params": "ema", "metrics": {}}
+    results = report["metrics"]
+    if any(name in SAMPLE_METRICS for name in self.metrics):
+      generated = self.generated_features(params)
+      ref = self._reference
+      how = {"feature_net": self._net.name, "num_samples": int(generated["features"].shape[0]),
+             "reference": ref.description, "sampler": _sampler_settings(self.config), "seed": self.seed}
+      if "fid" in self.metrics:
+        mu, sigma = metrics.feature_statistics(generated["features"])
+        results["fid"] = dict(value=metrics.frechet_distance(mu, sigma, ref.mu, ref.sigma), **how)
+      if "kid" in self.metrics:
+        mean, std = metrics.kid(generated["features"], ref.features, subset_size=KID_SUBSET_SIZE,
+                                num_subsets=KID_SUBSETS, seed=self.seed)
+        results["kid"] = dict(mean=mean, std=std, subset_size=min(KID_SUBSET_SIZE, len(ref.features),
+                                                                  how["num_samples"]),
+                              num_subsets=KID_SUBSETS, **how)
+      if "is" in self.metrics:
+        mean, std = metrics.inception_score(metrics.softmax(generated["logits"]), splits=IS_SPLITS)
+        results["is"] = dict(mean=mean, std=std, splits=IS_SPLITS, **dict(how, reference="none (logits only)"))
+      if "pr" in self.metrics:
+        precision, recall = metrics.precision_recall(ref.features, generated["features"], k=PR_NEIGHBOURS)
+        results["pr"] = dict(precision=precision, recall=recall, k=PR_NEIGHBOURS, **how)
+    if "bpd" in self.metrics:
+      held = held_out.evaluate(self.config, self.method, self.mesh, params, steps.root_keys(self.seed)["eval"])
+      results["bpd"] = dict(held, seed=self.seed)
+    return report
+
+
+def scalars(report: dict) -> dict[str, float]:
+  """The report's headline numbers: fid, kid, kid_std, is, is_std, precision, recall, and every
+  held-out eval_step metric by its own name."""
+  results, out = report["metrics"], {}
+  if "fid" in results:
+    out["fid"] = results["fid"]["value"]
+  for name in ("kid", "is"):
+    if name in results:
+      out[name], out[f"{name}_std"] = results[name]["mean"], results[name]["std"]
+  if "pr" in results:
+    out["precision"], out["recall"] = results["pr"]["precision"], results["pr"]["recall"]
+  for name, value in results.get("bpd", {}).items():
+    if isinstance(value, float) and name not in out:
+      out[name] = value
+  return out
+
+
+def is_better(name: str, value: float, best: float | None) -> bool:
+  """Whether `value` of scalar `name` improves on `best` (None: nothing yet)."""
+  if best is None:
+    return True
+  return value > best if name in HIGHER_IS_BETTER else value < best
+
+
+def report_path(workdir: str, step: int) -> str:
+  return os.path.join(workdir, "eval", f"eval_{step:07d}.json")
+
+
+def write_report(workdir: str, report: dict) -> str:
+  """Writes workdir/eval/eval_<step>.json (process 0), keeping metrics of that step computed earlier
+  and not recomputed now. Returns the path."""
+  path = report_path(workdir, report["step"])
+  if jax.process_index() == 0:
+    merged = dict(report, metrics=dict(report["metrics"]))
+    if os.path.isfile(path):
+      with open(path) as f:
+        merged["metrics"] = dict(json.load(f).get("metrics", {}), **report["metrics"])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump(merged, f, indent=2)
+    os.replace(path + ".tmp", path)
+  return path
+
+
+def _format(value) -> str:
+  return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def table(report: dict) -> str:
+  """A markdown table of the report: one row per number, with how it was computed."""
+  lines = [f"step {report['step']} ({report['params']} params)",
+           "| metric | value | feature net | samples | reference | sampler | seed |", "|" + "---|" * 7]
+  for name, entry in report["metrics"].items():
+    if name == "bpd":
+      for key, value in entry.items():
+        if isinstance(value, float):
+          lines.append(f"| {key} | {_format(value)} | - | {entry['num_examples']} (held out) | "
+                       f"{entry['split']} | - | {entry['seed']} |")
+      continue
+    sampler = " ".join(f"{k}={v}" for k, v in entry["sampler"].items()) or "-"
+    values = {"fid": [("fid", "value")], "kid": [("kid", "mean"), ("kid std", "std")],
+              "is": [("is", "mean"), ("is std", "std")], "pr": [("precision", "precision"), ("recall", "recall")]}
+    for label, key in values[name]:
+      lines.append(f"| {label} | {_format(entry[key])} | {entry['feature_net']} | {entry['num_samples']} | "
+                   f"{entry['reference']} | {sampler} | {entry['seed']} |")
+  return "\n".join(lines)
