@@ -2,11 +2,11 @@
 
 import ml_collections
 
-from genimg_jax.methods import diffusion
+from genimg_jax.methods import diffusion, gan
 from genimg_jax.methods.base import Method
 from genimg_jax.registry import lookup
 
-METHODS = {"diffusion": diffusion.make}
+METHODS = {"diffusion": diffusion.make, "gan": gan.make}
 
 
 def make(config: ml_collections.ConfigDict) -> Method:
