@@ -29,12 +29,19 @@ SAMPLE_VARIANTS = {
     "ddim-50": {"sample.sampler": "ddim", "sample.steps": 50},
     "ddim-10": {"sample.sampler": "ddim", "sample.steps": 10},
     "ddpm": {"sample.sampler": "ddpm"},
+    "generator": {},  # a GAN's one forward pass of the EMA generator
 }
 # The variants each config is measured with unless --samplers says otherwise.
 DEFAULT_VARIANTS = {
     "ddpm_digits": ["ddim-50", "ddpm"],
     "ddpm_cifar10": ["ddim-10"],
+    "dcgan_digits": ["generator"],
+    "dcgan_mnist": ["generator"],
+    "sngan_cifar10": ["generator"],
 }
+# Batch sizes for configs whose step splits its batch (a GAN: one slice per discriminator
+# update) and so cannot take --batch_size's default: 5 slices of 32.
+DEFAULT_BATCH_SIZES = {"sngan_cifar10": 5 * 32}
 
 
 def _timed(fn, *args):
@@ -128,7 +135,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--configs", default="ddpm_digits,ddpm_cifar10")
-  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--batch_size", type=int, help="for every config (default: 32, or DEFAULT_BATCH_SIZES)")
   parser.add_argument("--windows", type=int, default=5)
   parser.add_argument("--steps_per_window", type=int, default=5)
   parser.add_argument("--samplers", help="comma-separated names from SAMPLE_VARIANTS for every "
@@ -152,7 +159,8 @@ def main() -> None:
     print(f"warning: load average {loadavg_before[0]} before starting: timings may be low", file=sys.stderr)
   rows = []
   for name in args.configs.split(","):
-    cmd = [sys.executable, os.path.abspath(__file__), "--single", name, "--batch_size", str(args.batch_size),
+    batch_size = args.batch_size or DEFAULT_BATCH_SIZES.get(name, 32)
+    cmd = [sys.executable, os.path.abspath(__file__), "--single", name, "--batch_size", str(batch_size),
            "--windows", str(args.windows), "--steps_per_window", str(args.steps_per_window),
            "--samplers", args.samplers if args.samplers is not None else ",".join(DEFAULT_VARIANTS.get(name, [])),
            "--sample_num", str(args.sample_num)]
