@@ -66,7 +66,8 @@ def test_sngan_cifar10_is_the_published_setup():
 def test_model_shapes(arch, size, ch_mult, channels):
   config = _load(DIGITS_GAN, **{"model.arch": arch, "data.image_size": size, "data.channels": channels,
                                 "model.ch_mult": ch_mult, "model.d_norm": "spectral", "model.num_classes": 3,
-                                "model.g_ch": 4, "model.d_ch": 4})
+                                "model.g_ch": 4, "model.d_ch": 4, "gan.loss": "wasserstein",
+                                "gan.penalty": "gradient_penalty", "gan.penalty_weight": 10.0})
   updates = gan.make_updates(config)
   state = jax.eval_shape(updates.init, jax.random.PRNGKey(0))
   samples = jax.eval_shape(functools.partial(updates.sample, num=2), state.ema_params, jax.random.PRNGKey(0))
@@ -75,7 +76,7 @@ def test_model_shapes(arch, size, ch_mult, channels):
            "label": jax.ShapeDtypeStruct((4,), jnp.int32)}
   new_state, metrics = jax.eval_shape(updates.train_step, state, batch, jax.random.PRNGKey(0))
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
-  assert {"loss", "d_loss", "g_loss", "d_real", "d_fake", "d_grad_norm", "g_grad_norm"} <= set(metrics)
+  assert {"loss", "d_loss", "g_loss", "d_real", "d_fake", "d_grad_norm", "g_grad_norm", "penalty"} <= set(metrics)
 
 
 @pytest.mark.parametrize("field,value,where", [
