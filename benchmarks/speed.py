@@ -36,6 +36,7 @@ SAMPLE_VARIANTS = {
     "vae-sample": {"sample.mode": "sample"},  # ... to a draw of the likelihood
     "cached": {"sample.sampler": "cached"},  # autoregressive: key/value cache
     "uncached": {"sample.sampler": "uncached"},  # autoregressive: full forward pass per token
+    "generator": {},  # a GAN's one forward pass of the EMA generator
 }
 # The variants each config is measured with unless --samplers says otherwise.
 DEFAULT_VARIANTS = {
@@ -45,6 +46,9 @@ DEFAULT_VARIANTS = {
     "vae_cifar10": ["vae-mean", "vae-sample"],
     "igpt_digits": ["cached", "uncached"],
     "igpt_cifar10_small": ["cached", "uncached"],
+    "dcgan_digits": ["generator"],
+    "dcgan_mnist": ["generator"],
+    "sngan_cifar10": ["generator"],
 }
 # Benchmark configs that are a config file with overrides (applied after --batch_size):
 # name -> (file in configs/ without .py, overrides, images per sampler run or None for --sample_num).
@@ -65,6 +69,11 @@ def _load_config(config_name: str, overrides: list[str]):
   file, variant_overrides, _ = CONFIG_VARIANTS.get(config_name, (config_name, {}, None))
   return config_lib.load(os.path.join(REPO, "configs", f"{file}.py"),
                          overrides + [f"--config.{k}={v}" for k, v in variant_overrides.items()])
+
+
+# Batch sizes for configs whose step splits its batch (a GAN: one slice per discriminator
+# update) and so cannot take --batch_size's default: 5 slices of 32.
+DEFAULT_BATCH_SIZES = {"sngan_cifar10": 5 * 32}
 
 
 def _timed(fn, *args):
@@ -170,7 +179,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--configs", default="ddpm_digits,ddpm_cifar10")
-  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--batch_size", type=int, help="for every config (default: 32, or DEFAULT_BATCH_SIZES)")
   parser.add_argument("--windows", type=int, default=5)
   parser.add_argument("--steps_per_window", type=int, default=5)
   parser.add_argument("--samplers", help="comma-separated names from SAMPLE_VARIANTS for every "
@@ -194,7 +203,8 @@ def main() -> None:
     print(f"warning: load average {loadavg_before[0]} before starting: timings may be low", file=sys.stderr)
   rows = []
   for name in args.configs.split(","):
-    cmd = [sys.executable, os.path.abspath(__file__), "--single", name, "--batch_size", str(args.batch_size),
+    batch_size = args.batch_size or DEFAULT_BATCH_SIZES.get(name, 32)
+    cmd = [sys.executable, os.path.abspath(__file__), "--single", name, "--batch_size", str(batch_size),
            "--windows", str(args.windows), "--steps_per_window", str(args.steps_per_window),
            "--samplers", args.samplers if args.samplers is not None else ",".join(DEFAULT_VARIANTS.get(name, [])),
            "--sample_num", str(args.sample_num)]

@@ -2,11 +2,11 @@
 
 import ml_collections
 
-from genimg_jax.methods import autoregressive, diffusion, vae
+from genimg_jax.methods import autoregressive, diffusion, gan, vae
 from genimg_jax.methods.base import Method
 from genimg_jax.registry import lookup
 
-METHODS = {"autoregressive": autoregressive.make, "diffusion": diffusion.make, "vae": vae.make}
+METHODS = {"autoregressive": autoregressive.make, "diffusion": diffusion.make, "gan": gan.make, "vae": vae.make}
 
 
 def make(config: ml_collections.ConfigDict) -> Method:

@@ -23,12 +23,15 @@ class TrainState:
   step: int32 scalar, the number of updates applied so far.
   params: trainable parameters (float32). opt_state: the optax state.
   ema_params: exponential moving average of params, used for sampling and eval.
+  model_state: the non-trainable collections a method keeps (batch-norm statistics,
+    spectral-norm power-iteration vectors); empty for methods without any.
   """
 
   step: jax.Array
   params: PyTree
   opt_state: PyTree
   ema_params: PyTree
+  model_state: PyTree = flax.struct.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,87 @@
+"""Building blocks of the GAN models: spectral norm, generator batch norm, the projection head.
+
+NHWC; parameters float32, compute in `dtype`. Non-trainable variables live in two
+collections: `batch_stats` (batch-norm running averages) and `spectral`
+(spectral-norm power-iteration vectors `u` and the last estimate `sigma`).
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+SPECTRAL = "spectral"  # the collection of the spectral-norm power-iteration state
+
+
+def maybe_spectral(layer: nn.Module, enabled: bool, update: bool):
+  """`layer`, or `layer` with its kernel divided by its top singular value (Miyato et al. 2018).
+
+  The singular value comes from one power iteration per call, started from the
+  stored vector u; update=True stores the new u and sigma (train-time forward
+  passes), update=False leaves them as they are. Kernels are treated as matrices
+  [prod(kernel.shape[:-1]), out_features]; biases are left alone.
+  """
+  if not enabled:
+    return layer
+  return functools.partial(nn.SpectralNorm(layer, collection_name=SPECTRAL), update_stats=update)
+
+
+class GeneratorNorm(nn.Module):
+  """The generator's normalisation of x [B, H, W, C] -> same shape.
+
+  kind "batch": batch norm (batch statistics when train, running averages otherwise);
+  with num_classes > 0 it is class-conditional batch norm (de Vries et al. 2017;
+  Miyato & Koyama 2018): the gain and bias are looked up per label [B] int32.
+  kind "none": the identity.
+  """
+
+  kind: str
+  num_classes: int
+  momentum: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, labels, *, train: bool):
+    if self.kind == "none":
+      return x
+    conditional = self.num_classes > 0
+    y = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, use_scale=not conditional,
+                     use_bias=not conditional, dtype=self.dtype)(x)
+    if not conditional:
+      return y
+    channels = x.shape[-1]
+    gain = nn.Embed(self.num_classes, channels, embedding_init=nn.initializers.ones, name="class_gain")(labels)
+    bias = nn.Embed(self.num_classes, channels, embedding_init=nn.initializers.zeros, name="class_bias")(labels)
+    return y * gain[:, None, None, :].astype(y.dtype) + bias[:, None, None, :].astype(y.dtype)
+
+
+class ProjectionHead(nn.Module):
+  """Features h [B, F] -> logits [B] float32: a linear layer, plus with num_classes > 0 the
+  projection term <embed(label), h> (Miyato & Koyama 2018)."""
+
+  num_classes: int
+  spectral: bool
+  kernel_init: Any = nn.initializers.xavier_uniform()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h, labels, *, update: bool):
+    logits = maybe_spectral(nn.Dense(1, kernel_init=self.kernel_init, dtype=self.dtype, name="linear"),
+                            self.spectral, update)(h)[:, 0]
+    if self.num_classes:
+      embed = nn.Embed(self.num_classes, h.shape[-1], embedding_init=self.kernel_init, name="class_embed")
+      logits = logits + jnp.sum(maybe_spectral(embed, self.spectral, update)(labels) * h, axis=-1)
+    return logits.astype(jnp.float32)
+
+
+def upsample2(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour 2x upsampling: [B, H, W, C] -> [B, 2H, 2W, C]."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def avg_pool2(x: jax.Array) -> jax.Array:
+  """2x2 average pooling, stride 2: [B, H, W, C] -> [B, H/2, W/2, C]."""
+  return nn.avg_pool(x, (2, 2), strides=(2, 2))
