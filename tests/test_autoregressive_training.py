@@ -125,8 +125,9 @@ def test_cli_train_sample_eval(data_dir, tmp_path):
 
   result = genimg("eval", "--workdir", workdir)
   assert result.returncode == 0, result.stderr
-  metrics = json.load(open(os.path.join(workdir, "eval", "step_0000010.json")))
-  assert metrics["num_examples"] == 288 and metrics["step"] == 10
+  report = json.load(open(os.path.join(workdir, "eval", "eval_0000010.json")))
+  metrics = report["metrics"]["bpd"]
+  assert metrics["num_examples"] == 288 and report["step"] == 10
   assert 0 < metrics["bits_per_dim"] < 8.0
 
 

@@ -168,22 +168,24 @@ def test_preemption_notice_stops_all_processes_at_the_same_step(data_dir, tmp_pa
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   workdir = tmp_path / "run"
-  procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "distributed_train.py"), str(i), "2",
-                             str(port), data_dir, str(workdir), "500"],
-                            cwd=os.path.join(REPO, "tests"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
+  procs = [subprocess.Popen(
+      [*TRAIN_CMD, "--workdir", str(workdir), "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+       "--process_id", str(i), *tiny_args(data_dir, steps=500), "--config.train.checkpoint_every=10000",
+       "--config.train.log_every=1"],
+      env=dict(os.environ, JAX_NUM_CPU_DEVICES="4"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
   try:
     _wait_for(lambda: "loss" in read_scalars(str(workdir)), proc=procs[1])
     procs[1].send_signal(signal.SIGTERM)
-    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    outputs = [p.communicate(timeout=180)[1] for p in procs]
   finally:
     for p in procs:
       p.kill()
   assert [p.returncode for p in procs] == [75, 75], outputs
   lines = [out.strip().splitlines()[-1] for out in outputs]
   step = int(lines[0].split("preemption notice at step ")[1].split(":")[0])
-  assert lines == [f"process {i}: stopped: preemption notice at step {step}: checkpoint saved to "
-                   f"{workdir}/checkpoints/{step}; run the same command to resume" for i in range(2)]
+  assert lines == [f"genimg: stopped: preemption notice at step {step}: checkpoint saved to "
+                   f"{workdir}/checkpoints/{step}; run the same command to resume"] * 2
   assert os.listdir(workdir / "checkpoints") == [str(step)]
   assert sorted(os.listdir(workdir / "checkpoints" / str(step) / "data")) == [
       "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]

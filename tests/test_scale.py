@@ -23,11 +23,20 @@ LOCAL = os.path.join(REPO, "launch", "local.sh")
 
 
 def _assert_close(got: dict, want: dict, rtol: float = 1e-5):
-  """Every array within rtol of the largest magnitude of its counterpart."""
+  """Every array within rtol of the largest magnitude of its counterpart.
+
+  Left out: the attention's key bias (qkv bias [1]) and its Adam moments. Adding a
+  constant to every key's logit leaves the softmax unchanged, so its gradient is zero
+  in exact arithmetic; Adam normalises the float rounding noise of that zero into
+  learning-rate-sized steps, which differ with any change of summation order.
+  """
   assert got.keys() == want.keys()
   for k in want:
-    scale = max(float(np.abs(want[k]).max()), 1e-12)
-    np.testing.assert_allclose(got[k], want[k], rtol=0, atol=rtol * scale, err_msg=k)
+    a, b = got[k], want[k]
+    if k.endswith("['qkv']['bias']"):
+      a, b = a[[0, 2]], b[[0, 2]]
+    scale = max(float(np.abs(b).max()), 1e-12)
+    np.testing.assert_allclose(a, b, rtol=0, atol=rtol * scale, err_msg=k)
 
 
 def _restore(workdir, config, step: int) -> dict:

@@ -63,8 +63,8 @@ def run(data_dir, tmp_path_factory):
   assert result.returncode == 0, result.stderr
   result = genimg("eval", "--workdir", workdir)
   assert result.returncode == 0, result.stderr
-  with open(os.path.join(workdir, "eval", f"step_{STEPS:07d}.json")) as f:
-    metrics = json.load(f)
+  with open(os.path.join(workdir, "eval", f"eval_{STEPS:07d}.json")) as f:
+    metrics = json.load(f)["metrics"]["bpd"]
   return workdir, workdir_lib.read_config(workdir), metrics
 
 
