@@ -95,6 +95,21 @@ def make_optimizer(opt: ml_collections.ConfigDict, field: str = "optimizer"):
   return tx, learning_rate
 
 
+def gradient_step(state: TrainState, grads: PyTree, metrics: Metrics, tx, learning_rate,
+                  ema_decay: float) -> tuple[TrainState, Metrics]:
+  """One `tx` update of state.params by `grads` (a pytree like params, float32), then the EMA.
+
+  Returns the state one step on and `metrics` (scalars) with `grad_norm` and
+  `learning_rate` (the rate this update applied; `learning_rate` is the second
+  value `make_optimizer` returns) added.
+  """
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            ema_params=ema_update(state.ema_params, params, ema_decay, state.step))
+  return new_state, dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=learning_rate(state.opt_state))
+
+
 def ema_update(ema: PyTree, params: PyTree, decay: float, step: jax.Array) -> PyTree:
   """ema <- d * ema + (1 - d) * params with d = min(decay, (1 + step) / (10 + step)).
 

@@ -5,12 +5,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from genimg_jax.config import require
 from genimg_jax.losses import diffusion as dl
 from genimg_jax.methods import diffusion_samplers as samplers
-from genimg_jax.methods.base import Method, TrainState, ema_update, make_optimizer, optimizer_config
+from genimg_jax.methods.base import Method, TrainState, gradient_step, make_optimizer, optimizer_config
 from genimg_jax.models.unet import UNet
 from genimg_jax.registry import lookup
 
@@ -106,13 +105,7 @@ def make(config: ml_collections.ConfigDict) -> Method:
   def train_step(state, batch, rng):
     grad_fn = jax.value_and_grad(functools.partial(loss_fn, ctx=train_ctx), has_aux=True)
     (loss, metrics), grads = grad_fn(state.params, batch, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=ema_update(state.ema_params, params, ema_decay, state.step))
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   learning_rate=learning_rate(state.opt_state))
-    return new_state, metrics
+    return gradient_step(state, grads, dict(metrics, loss=loss), tx, learning_rate, ema_decay)
 
   num_dims = image_shape[0] * image_shape[1] * image_shape[2]
 

@@ -13,12 +13,11 @@ import math
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from genimg_jax.config import require
 from genimg_jax.losses import elbo as elbo_lib
 from genimg_jax.losses import likelihoods
-from genimg_jax.methods.base import Method, TrainState, ema_update, make_optimizer, optimizer_config
+from genimg_jax.methods.base import Method, TrainState, gradient_step, make_optimizer, optimizer_config
 from genimg_jax.models.vae import LATENT_TYPES, VAE, latent_shape
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -198,13 +197,7 @@ def make(config: ml_collections.ConfigDict) -> Method:
     x = parts.targets(batch["image"])
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, metrics), grads = grad_fn(state.params, x, rng, state.step)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=ema_update(state.ema_params, params, ema_decay, state.step))
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   learning_rate=learning_rate(state.opt_state))
-    return new_state, metrics
+    return gradient_step(state, grads, dict(metrics, loss=loss), tx, learning_rate, ema_decay)
 
   def eval_step(params, batch, rng):
     """The ELBO (analytic KL, one sample) and the IWAE bound, in nats per image and bits/dim."""
