@@ -146,6 +146,9 @@ def test_data_show_writes_the_preprocessed_training_images(data_dir, tmp_path):
   import PIL.Image
 
   assert PIL.Image.open(out).size == (3 * 18 + 2, 3 * 18 + 2)  # 3x3 tiles of 16 px, 2 px gaps.
+  bad = genimg("data", "show", "--config", DIGITS_CONFIG, "--out", str(out), "--num", "0",
+               f"--config.data.data_dir={data_dir}")
+  assert bad.returncode == 2 and bad.stderr.startswith("genimg: error: --num: must be > 0")
 
 
 def test_data_prepare_prepares_user_images_once(tmp_path):
