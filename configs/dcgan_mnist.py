@@ -5,7 +5,7 @@ Command:
   genimg train --config configs/dcgan_mnist.py --workdir runs/dcgan_mnist
 Hardware: sized for one GPU; runs on a CPU too.
 Wall time: about 1.5 hours on a 2-core CPU (0.46 s per step at batch 128, measured with synthetic
-  batches by benchmarks/speed.py, 2026-11-23); not measured on a GPU.
+  batches by benchmarks/run.py, 2026-11-23); not measured on a GPU.
 Expected result: recognisable digits in samples/step_0012000.png. Not measured: MNIST could not be
   downloaded where this config was written; the same model family reaches clear digits on the
   offline digits data set (configs/dcgan_digits.py).

@@ -11,8 +11,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
 
+import jax  # noqa: E402
 from absl import flags  # noqa: E402
+
+jax.devices()  # Started here, the backend keeps its devices: runtime.setup leaves it as is.
 
 flags.FLAGS.mark_as_parsed()  # grain reads absl flags.
 

@@ -121,7 +121,7 @@ def test_train_resumes_in_the_same_workdir(run, data_dir):
 @pytest.mark.parametrize("args,env,field", [
     (["--config.train.stepz=3"], {}, "config.train.stepz"),
     (["--config.train.steps=ten"], {}, "config.train.steps"),
-    (["--config.train.batch_size=16"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"},
+    (["--config.train.batch_size=16"], {"JAX_NUM_CPU_DEVICES": "3"},
      "config.train.batch_size"),
     (["--config.data.name=no_such_data"], {}, "config.data.name"),
 ])

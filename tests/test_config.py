@@ -97,3 +97,31 @@ def test_runtime_sets_gpu_determinism_flag_once(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "")
   runtime.setup(config_lib.load(DIGITS_CONFIG, ["--config.deterministic=false"]))
   assert os.environ["XLA_FLAGS"] == ""
+
+
+@pytest.mark.parametrize("overrides,cores,expected", [
+    (["--config.mesh.cpu_devices=0"], 2, 2),  # batch 64: one device per core
+    (["--config.mesh.cpu_devices=0"], 6, 4),  # the largest count <= 6 dividing 64
+    (["--config.mesh.cpu_devices=0", "--config.train.batch_size=30", "--config.eval.batch_size=20"], 8, 5),
+    (["--config.mesh.cpu_devices=0", "--config.mesh.fsdp=2", "--config.train.batch_size=12"], 5, 4),
+    (["--config.mesh.cpu_devices=3"], 2, 3),  # explicit: as asked
+    ([], 2, 1),  # the default
+])
+def test_cpu_device_count(overrides, cores, expected):
+  from genimg_jax.train import runtime
+
+  config = config_lib.load(DIGITS_CONFIG, overrides)
+  assert runtime.cpu_device_count(config, num_cores=cores) == expected
+
+
+def test_cpu_devices_zero_gives_a_new_process_one_device_per_core():
+  import subprocess
+  import sys
+
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+  code = ("import jax; from genimg_jax import config as c; from genimg_jax.train import runtime; "
+          f"runtime.setup(c.load({DIGITS_CONFIG!r}, ['--config.mesh.cpu_devices=0'])); print(jax.device_count())")
+  result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]
+  cores = len(os.sched_getaffinity(0))
+  assert int(result.stdout) == max(d for d in range(1, cores + 1) if 64 % d == 0)  # digits: batch 64

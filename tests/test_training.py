@@ -99,7 +99,7 @@ def test_eight_devices_match_one_device(runs, data_dir, tmp_path):
   Compared: every leaf of the TrainState (step, params, Adam moments, EMA).
   """
   out = tmp_path / "params.npz"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", JAX_PLATFORMS="cpu")
   subprocess.run([sys.executable, os.path.join(REPO, "tests", "helpers.py"), data_dir,
                   str(tmp_path / "run8"), str(out), "20"], check=True, env=env, cwd=REPO)
   got = np.load(out)

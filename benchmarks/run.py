@@ -1,0 +1,372 @@
+r"""The benchmark suite: every family's train step and samplers, next to PyTorch on the same model.
+
+  python benchmarks/run.py                        # all families' configs (see FAMILY_CONFIGS)
+  python benchmarks/run.py --configs ddpm_digits,vae_digits --torch eager,compile
+  python benchmarks/run.py --quick                # a smoke run of the whole suite, about a minute on a CPU
+
+For each config, each measurement in a fresh subprocess (so peak memory and threads are its own):
+- ours: the train step's compile seconds and images/s after compile (median of timed windows,
+  synchronised with block_until_ready), peak memory, model FLOPs per image from the compiled
+  step's cost analysis, and MFU = achieved FLOP/s / peak FLOP/s, the peak being a large matmul
+  in the config's compute dtype measured on the same machine in the same run; then each
+  sampler variant's compile seconds and images/s.
+- torch: the reference of the same architecture (benchmarks/torch_reference/, parameter count
+  checked equal to ours, else the run fails) trained on the same batch on the same device,
+  eagerly and under torch.compile (--torch), with ours/torch ratios in the table.
+Batches are synthetic (uniform noise in [-1, 1]), so the input pipeline is not timed here
+(benchmarks/data_speed.py). Prints markdown tables and writes JSON (--out).
+"""
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Each family: (its CIFAR-10-sized config, its CPU demo config).
+FAMILY_CONFIGS = {
+    "diffusion": ("ddpm_cifar10", "ddpm_digits"),
+    "gan": ("sngan_cifar10", "dcgan_digits"),
+    "vae": ("vae_cifar10", "vae_digits"),
+    "autoregressive": ("igpt_cifar10", "igpt_digits"),
+}
+# Sampler variants: name -> config overrides. Unlisted fields keep the config's values.
+SAMPLE_VARIANTS = {
+    "ddim-50": {"sample.sampler": "ddim", "sample.steps": 50},
+    "ddim-10": {"sample.sampler": "ddim", "sample.steps": 10},
+    "ddpm": {"sample.sampler": "ddpm"},  # ancestral, every one of the config's T steps
+    "vae-mean": {"sample.mode": "mean"},  # decode prior draws to the likelihood's mean
+    "vae-sample": {"sample.mode": "sample"},  # ... to a draw of the likelihood
+    "cached": {"sample.sampler": "cached"},  # autoregressive: key/value cache
+    "uncached": {"sample.sampler": "uncached"},  # autoregressive: full forward pass per token
+    "generator": {},  # a GAN's one forward pass of the EMA generator
+}
+DEFAULT_VARIANTS = {"diffusion": ["ddim-50", "ddpm"], "vae": ["vae-sample"], "autoregressive": ["cached"],
+                    "gan": ["generator"]}
+# Benchmark configs that are a config file with overrides: name -> (file in configs/, overrides).
+CONFIG_VARIANTS = {
+    # A modest model (2 layers, width 32, float32) on 32x32x3 images, 3072 tokens, so that the
+    # uncached sampler (3072 full forward passes per image) finishes on a CPU in minutes.
+    "igpt_cifar10_small": ("igpt_cifar10", {"model.num_layers": 2, "model.width": 32, "model.num_heads": 2,
+                                            "model.dropout": 0.0, "model.dtype": "float32"}),
+}
+# Batch sizes for configs whose step splits its batch (a GAN: one slice per discriminator
+# update) and so cannot take --batch_size's default: 5 slices of 32.
+DEFAULT_BATCH_SIZES = {"sngan_cifar10": 5 * 32}
+# --quick: the demo configs shrunk (8x8 images, narrow networks, T=100), 1 window of 2 steps.
+QUICK_OVERRIDES = {
+    "ddpm_digits": {"data.image_size": 8, "model.ch": 16, "model.ch_mult": (1, 2), "model.num_res_blocks": 1,
+                    "model.attn_resolutions": (4,), "model.norm_groups": 4, "diffusion.num_timesteps": 100,
+                    "sample.steps": 10},
+    "dcgan_digits": {"data.image_size": 8, "model.g_ch": 8, "model.d_ch": 8, "model.ch_mult": (1, 2)},
+    "vae_digits": {"data.image_size": 8, "model.ch": 16, "model.ch_mult": (1, 2), "model.latent_dim": 8},
+    "igpt_digits": {"data.image_size": 8, "model.num_layers": 2, "model.width": 32, "model.num_heads": 2},
+}
+
+
+def load_config(name: str, overrides: dict):
+  """configs/<name>.py (or a CONFIG_VARIANTS entry) with `overrides` ({field: value}) applied."""
+  from genimg_jax import config as config_lib
+
+  file, variant = CONFIG_VARIANTS.get(name, (name, {}))
+  fields = dict(variant, **overrides)
+  return config_lib.load(os.path.join(REPO, "configs", f"{file}.py"),
+                         [f"--config.{k}={v}" for k, v in fields.items()])
+
+
+def transformer_flops_per_image(config) -> float:
+  """Training FLOPs of one image through the autoregressive Transformer, counted by hand.
+
+  Matmuls only, 2 FLOPs per multiply-add, backward = 2x forward: per token and layer
+  qkv + output projection (4 d^2) and the MLP (2 d * mlp_ratio d), the attention scores
+  and their use on values over the full (masked) context (2 * L * d), then the
+  256-way head. Embeddings, norms, softmax and the optimizer are left out.
+  """
+  m = config.model
+  tokens = config.data.image_size ** 2 * config.data.channels
+  per_layer = 4 * m.width ** 2 + 2 * m.width * m.mlp_ratio * m.width + 2 * tokens * m.width
+  forward = 2 * tokens * (m.num_layers * per_layer + m.width * 256)
+  return 3.0 * forward
+
+
+def _sync_timer(fn, *args):
+  import jax
+
+  start = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  return out, time.perf_counter() - start
+
+
+def peak_flops(dtype: str, size: int, repeats: int = 5) -> float:
+  """FLOP/s of a [size, size] @ [size, size] matmul in `dtype` on the default device (best of repeats)."""
+  import jax
+  import jax.numpy as jnp
+
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.dtype(dtype))
+  matmul = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(matmul(a, a))
+  best = min(_sync_timer(matmul, a, a)[1] for _ in range(repeats))
+  return 2.0 * size ** 3 / best
+
+
+def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int, samplers: list[str],
+                 sample_num: int) -> dict:
+  """Our train step and samplers for one config, in this process; returns a row."""
+  import jax
+  import jax.numpy as jnp
+
+  from genimg_jax import methods
+  from genimg_jax.train import mesh as mesh_lib
+  from genimg_jax.train import runtime, steps
+
+  config = load_config(name, overrides)
+  batch_size = config.train.batch_size
+  runtime.setup(config)
+  method = methods.make(config)
+  mesh = mesh_lib.make_mesh()
+  keys = steps.root_keys(0)
+  state = jax.jit(method.init, out_shardings=mesh_lib.replicated(mesh))(keys["init"])
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  batch = mesh_lib.to_global({
+      "image": jax.device_get(jax.random.uniform(keys["eval"], (batch_size,) + method.image_shape,
+                                                 minval=-1, maxval=1)),
+      "label": jax.device_get(jnp.zeros((batch_size,), jnp.int32))}, mesh)
+
+  train_step = steps.jit_train_step(method, mesh, mesh_lib.replicated(mesh))
+  start = time.perf_counter()
+  lowered = train_step.lower(state, batch, keys["train"])
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  # The compiled program is one device's share of the batch. Custom calls (cuDNN convolutions,
+  # fused attention) may count no FLOPs after compilation: then the unoptimised program's count stands in.
+  flops = (compiled.cost_analysis() or {}).get("flops", 0.0) * jax.device_count()
+  flops_source = "compiled"
+  lowered_flops = (lowered.cost_analysis() or {}).get("flops", 0.0)
+  if flops < 0.5 * lowered_flops:
+    flops, flops_source = lowered_flops, "lowered"
+  (state, _), _ = _sync_timer(compiled, state, batch, keys["train"])  # warm-up step, untimed
+  seconds = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    for _ in range(steps_per_window):
+      state, metrics = compiled(state, batch, keys["train"])
+    jax.block_until_ready((state, metrics))
+    seconds.append((time.perf_counter() - start) / steps_per_window)
+  step_s = statistics.median(seconds)
+  row = {"config": name, "family": config.method, "overrides": {k: str(v) for k, v in overrides.items()},
+         "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
+         "num_devices": jax.device_count(), "dtype": config.model.dtype, "params": int(num_params),
+         "batch_size": batch_size, "image_shape": list(method.image_shape), "train_compile_s": compile_s,
+         "train_step_s": step_s, "train_images_per_s": batch_size / step_s,
+         "flops_per_image": flops / batch_size, "flops_source": flops_source,
+         "achieved_flops_per_s": flops / step_s, "samplers": {}}
+  if config.method == "autoregressive":
+    row["flops_per_image_by_hand"] = transformer_flops_per_image(config)
+
+  for spec in samplers:
+    variant = load_config(name, dict(overrides, **SAMPLE_VARIANTS[spec]))
+    sample = jax.jit(methods.make(variant).sample, static_argnums=2)
+    start = time.perf_counter()
+    compiled_sample = sample.lower(state.ema_params, keys["sample"], sample_num).compile()
+    sample_compile_s = time.perf_counter() - start
+    _, sample_s = _sync_timer(compiled_sample, state.ema_params, keys["sample"])
+    row["samplers"][spec] = {"num": sample_num, "compile_s": sample_compile_s, "seconds": sample_s,
+                             "images_per_s": sample_num / sample_s}
+
+  stats = jax.devices()[0].memory_stats()
+  if stats and "peak_bytes_in_use" in stats:
+    row["peak_memory_MiB"], row["peak_memory_kind"] = stats["peak_bytes_in_use"] / 2**20, "device"
+  else:
+    row["peak_memory_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["peak_memory_kind"] = "host RSS"
+  return row
+
+
+def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per_window: int) -> dict:
+  """The torch reference's train step for one config, eager or compiled, in this process."""
+  import torch
+
+  from benchmarks import torch_reference
+
+  config = load_config(name, overrides)
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  reference = torch_reference.build(config.method, config, device, compile=mode == "compile")
+  shape = (config.train.batch_size, config.data.image_size, config.data.image_size, config.data.channels)
+  generator = torch.Generator(device="cpu").manual_seed(0)
+  images = (torch.rand(shape, generator=generator) * 2 - 1).to(device)
+  labels = torch.zeros(shape[0], dtype=torch.int64, device=device)
+
+  def run(num: int) -> float:
+    start = time.perf_counter()
+    for _ in range(num):
+      loss = reference.train_step(images, labels)
+    loss.item()  # waits for the device
+    return time.perf_counter() - start
+
+  compile_s = run(1)  # the first step: torch.compile's compilation, or eager warm-up
+  run(1)
+  step_s = statistics.median(run(steps_per_window) / steps_per_window for _ in range(windows))
+  peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+          else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+  return {"mode": mode, "torch": torch.__version__, "device": str(device), "params": reference.num_params,
+          "first_step_s": compile_s, "train_step_s": step_s,
+          "train_images_per_s": config.train.batch_size / step_s, "peak_memory_MiB": peak}
+
+
+def _child(args: list[str]) -> dict:
+  """Runs this script with `args` in a fresh process; returns the JSON it prints after 'ROW '."""
+  result = subprocess.run([sys.executable, os.path.abspath(__file__)] + args, capture_output=True, text=True,
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", "")))
+  if result.returncode:
+    sys.exit(f"benchmark step {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+  return json.loads(next(l for l in result.stdout.splitlines() if l.startswith("ROW "))[4:])
+
+
+def _loadavg() -> list[str] | None:
+  """The 1, 5 and 15 minute load averages (Linux), to judge whether the machine was idle."""
+  return open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
+
+
+def _rate(value) -> str:
+  """A rate for the table: '-' where there is none, whole numbers from 100 up, else 3 significant digits."""
+  if value is None:
+    return "-"
+  return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def train_table(rows: list[dict], torch_modes: list[str]) -> str:
+  head = ["config", "dtype", "params", "batch", "img/s", "step ms", "compile s", "GFLOP/img", "MFU", "peak MiB"]
+  for mode in torch_modes:
+    head += [f"torch {mode} img/s", f"ours/{mode}"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    gflop = f"{r['flops_per_image'] / 1e9:.3g}"
+    if "flops_per_image_by_hand" in r:
+      gflop += f" (by hand {r['flops_per_image_by_hand'] / 1e9:.3g})"
+    cells = [r["config"], r["dtype"], f"{r['params'] / 1e6:.2f}M", str(r["batch_size"]),
+             _rate(r["train_images_per_s"]), f"{1000 * r['train_step_s']:.0f}", f"{r['train_compile_s']:.1f}",
+             gflop, f"{100 * r['mfu']:.1f}%", f"{r['peak_memory_MiB']:.0f} ({r['peak_memory_kind']})"]
+    for mode in torch_modes:
+      t = r["torch"].get(mode)
+      cells += [_rate(t["train_images_per_s"]), f"{r['train_images_per_s'] / t['train_images_per_s']:.2f}"] \
+          if t else ["-", "-"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def sample_table(rows: list[dict]) -> str:
+  lines = ["| config | sampler | images | img/s | compile s |", "|---|---|---|---|---|"]
+  for r in rows:
+    for spec, s in r["samplers"].items():
+      lines.append(f"| {r['config']} | {spec} | {s['num']} | {_rate(s['images_per_s'])} | {s['compile_s']:.1f} |")
+  return "\n".join(lines)
+
+
+def _torch_available() -> bool:
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--configs", help="comma-separated configs (default: every family's pair in FAMILY_CONFIGS)")
+  parser.add_argument("--batch_size", type=int, help="for every config (default: 32, or DEFAULT_BATCH_SIZES)")
+  parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype for every config "
+                      "(default: each config's model.dtype)")
+  parser.add_argument("--windows", type=int, default=5)
+  parser.add_argument("--steps_per_window", type=int, default=5)
+  parser.add_argument("--samplers", help="comma-separated names from SAMPLE_VARIANTS for every config "
+                      "(default: DEFAULT_VARIANTS of each config's family; '' for none)")
+  parser.add_argument("--sample_num", type=int, default=16)
+  parser.add_argument("--torch", default="eager,compile", help="torch reference modes: eager, compile; '' for none")
+  parser.add_argument("--peak_size", type=int, help="matmul size of the peak-FLOP/s measurement "
+                      "(default: 8192 on an accelerator, 2048 on a CPU)")
+  parser.add_argument("--quick", action="store_true", help="the demo configs shrunk (QUICK_OVERRIDES), one window "
+                      "of 2 steps, 2 images per sampler, torch eager only: checks the suite end to end")
+  parser.add_argument("--out", default="benchmarks/results/run.json")
+  parser.add_argument("--child", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+
+  if args.child:  # A measurement in this fresh process: print its result as JSON.
+    job = json.loads(args.child)
+    if job["kind"] == "peak":
+      result = {"flops_per_s": peak_flops(job["dtype"], job["size"])}
+    elif job["kind"] == "ours":
+      result = measure_ours(job["config"], job["overrides"], job["windows"], job["steps_per_window"],
+                            job["samplers"], job["sample_num"])
+    else:
+      result = measure_torch(job["config"], job["overrides"], job["mode"], job["windows"], job["steps_per_window"])
+    print("ROW " + json.dumps(result))
+    return
+
+  if args.quick:
+    names = list(QUICK_OVERRIDES)
+    args.windows, args.steps_per_window, args.sample_num = 1, 2, 2
+    args.torch = "eager" if args.torch == parser.get_default("torch") else args.torch
+  else:
+    names = args.configs.split(",") if args.configs else [n for pair in FAMILY_CONFIGS.values() for n in pair]
+  unknown = [v for v in (args.samplers or "").split(",") if v and v not in SAMPLE_VARIANTS]
+  torch_modes = [m for m in args.torch.split(",") if m]
+  if unknown:
+    sys.exit(f"--samplers: unknown variant(s) {unknown}; known: {sorted(SAMPLE_VARIANTS)}")
+  if any(m not in ("eager", "compile") for m in torch_modes):
+    sys.exit(f"--torch: modes are eager and compile, got {args.torch!r}")
+  if torch_modes and not _torch_available():
+    print("torch is not installed (pip install -e '.[bench]'): no torch columns", file=sys.stderr)
+    torch_modes = []
+  loadavg_before = _loadavg()
+  if loadavg_before and float(loadavg_before[0]) > 0.5:
+    print(f"warning: load average {loadavg_before[0]} before starting: timings may be low", file=sys.stderr)
+
+  peaks, rows = {}, []
+  for name in names:
+    overrides = dict(QUICK_OVERRIDES.get(name, {}) if args.quick else {})
+    overrides["train.batch_size"] = args.batch_size or DEFAULT_BATCH_SIZES.get(name, 32)
+    if args.dtype:
+      overrides["model.dtype"] = args.dtype
+    family = load_config(name, overrides).method
+    samplers = args.samplers.split(",") if args.samplers is not None else DEFAULT_VARIANTS[family]
+    common = {"config": name, "overrides": overrides, "windows": args.windows,
+              "steps_per_window": args.steps_per_window}
+    row = _child(["--child", json.dumps(dict(common, kind="ours", samplers=[s for s in samplers if s],
+                                             sample_num=args.sample_num))])
+    if row["dtype"] not in peaks:
+      size = args.peak_size or (1024 if args.quick else 2048 if row["platform"] == "cpu" else 8192)
+      peaks[row["dtype"]] = _child(["--child", json.dumps({"kind": "peak", "dtype": row["dtype"], "size": size})])
+      peaks[row["dtype"]]["matmul_size"] = size
+    row["peak_flops_per_s"] = peaks[row["dtype"]]["flops_per_s"]
+    row["mfu"] = row["achieved_flops_per_s"] / row["peak_flops_per_s"]
+    row["torch"] = {}
+    for mode in torch_modes:
+      result = _child(["--child", json.dumps(dict(common, kind="torch", mode=mode))])
+      if result["params"] != row["params"]:
+        sys.exit(f"{name}: the torch reference has {result['params']} trainable parameters, ours "
+                 f"{row['params']}: benchmarks/torch_reference/{family}.py does not match the model")
+      row["torch"][mode] = result
+    rows.append(row)
+    print(f"measured {name}", file=sys.stderr)
+
+  print(train_table(rows, torch_modes))
+  print()
+  print(sample_table(rows))
+  print("\npeak FLOP/s (matmul): " + ", ".join(f"{d} {p['flops_per_s'] / 1e12:.3g} TFLOP/s (n={p['matmul_size']})"
+                                               for d, p in peaks.items()))
+  report = {"loadavg_before": loadavg_before, "loadavg_after": _loadavg(), "peak": peaks, "rows": rows}
+  out = os.path.join(REPO, args.out) if not os.path.isabs(args.out) else args.out
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(report, f, indent=2)
+  print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,33 @@
+"""benchmarks/run.py end to end in --quick mode: every row, with positive numbers."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+from helpers import REPO
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def test_quick_benchmark_produces_every_row(tmp_path):
+  out = tmp_path / "run.json"
+  result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  rows = {r["config"]: r for r in report["rows"]}
+  assert sorted(rows) == ["dcgan_digits", "ddpm_digits", "igpt_digits", "vae_digits"]
+  for name, r in rows.items():
+    for field in ("params", "train_images_per_s", "train_compile_s", "flops_per_image", "mfu", "peak_memory_MiB"):
+      assert r[field] > 0, (name, field, r[field])
+    assert r["samplers"] and all(s["images_per_s"] > 0 for s in r["samplers"].values()), name
+    if HAS_TORCH:
+      assert r["torch"]["eager"]["train_images_per_s"] > 0 and r["torch"]["eager"]["params"] == r["params"], name
+  assert set(rows["ddpm_digits"]["samplers"]) == {"ddim-50", "ddpm"}
+  # The compiled step's count also holds norms, softmax, the loss and the optimizer: a little above the matmuls.
+  igpt = rows["igpt_digits"]
+  assert 1.0 <= igpt["flops_per_image"] / igpt["flops_per_image_by_hand"] <= 1.3, igpt
+  for table_head in ("| config | dtype | params |", "| config | sampler |"):
+    assert table_head in result.stdout
