@@ -140,7 +140,7 @@ def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int
 
   train_step = steps.jit_train_step(method, mesh, mesh_lib.replicated(mesh))
   start = time.perf_counter()
-  lowered = train_step.lower(state, batch, keys["train"])
+  lowered = train_step.jitted.lower(state, batch, keys["train"])
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   # The compiled program is one device's share of the batch. Custom calls (cuDNN convolutions,

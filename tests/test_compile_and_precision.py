@@ -76,7 +76,7 @@ def final_losses(data_dir, tmp_path_factory):
       if dtype == "float32":
         first = counter.at_call[1] - counter.at_call[0]
         after_first = counter.at_call[-1] - counter.at_call[1]
-        variants = counter.jitted._cache_size()
+        variants = counter.jitted.jitted._cache_size()
         if not first:
           problems.append(f"{name}: no lowering seen during the first step: the counter is broken")
         if after_first or variants != 1:

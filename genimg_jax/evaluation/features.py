@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 from genimg_jax.errors import ConfigError
 from genimg_jax.evaluation import classifier, inception_weights
 from genimg_jax.models import inception
+from genimg_jax.train import distributed
 from genimg_jax.train import mesh as mesh_lib
 
 FEATURE_NETS = ("auto", "inception", "classifier")
@@ -86,8 +87,9 @@ class Extractor:
   def __init__(self, net: FeatureNet, mesh: Mesh):
     self._mesh = mesh
     self.variables = jax.device_put(net.variables, mesh_lib.replicated(mesh))
-    self.fn = jax.jit(net.apply, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)),
-                      out_shardings=mesh_lib.replicated(mesh))
+    self.fn = distributed.CompiledTogether(jax.jit(
+        net.apply, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)),
+        out_shardings=mesh_lib.replicated(mesh)), "feature net")
 
   def __call__(self, local_images: np.ndarray) -> dict[str, np.ndarray]:
     out = self.fn(self.variables, mesh_lib.to_global(local_images, self._mesh))

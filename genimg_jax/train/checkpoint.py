@@ -13,9 +13,9 @@ from typing import Any, NamedTuple
 import grain
 import jax
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
 from genimg_jax.errors import CheckpointError, warn
+from genimg_jax.train import distributed
 
 
 def _path_str(path) -> str:
@@ -68,6 +68,7 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     if not create and not os.path.isdir(self.directory):
       raise CheckpointError(self.directory, "no checkpoint found (the directory does not exist)")
+    distributed.barrier(f"checkpointer {self.directory}")  # Orbax's own syncs are gloo collectives.
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
@@ -142,7 +143,7 @@ class Checkpointer:
       moved = f"{path}.corrupt{n}"
     if jax.process_index() == 0:
       os.replace(path, moved)
-    multihost_utils.sync_global_devices(f"genimg quarantine checkpoint {step}")
+    distributed.barrier(f"quarantined {path}")
     self._manager.reload()
     return moved
 

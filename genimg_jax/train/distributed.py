@@ -10,11 +10,20 @@ to the coordinator (process 0). When a process dies, the service notices its
 missing heartbeats after heartbeat_timeout_s and every surviving process
 terminates with an error, instead of waiting forever inside a collective; if the
 coordinator itself dies, the others notice within the same timeout.
+
+Meeting before collectives: on CPUs the collectives run over gloo, which gives
+up after 30 s when one process reaches a program's first collective that much
+later than another (as when it compiles slower, or the machine is busy). Every
+jitted function that the processes run together is therefore wrapped in
+`CompiledTogether`: compiled first, then a coordination-service barrier (whose
+timeout is generous), then run.
 """
 
+import itertools
 import os
 
 import jax
+from orbax.checkpoint import multihost
 
 from genimg_jax.errors import ConfigError
 
@@ -57,3 +66,39 @@ def initialize(coordinator_address: str | None, num_processes: int | None, proce
                                process_id=process_id, **timeouts)
   elif cluster_detected():
     jax.distributed.initialize(**timeouts)
+
+
+BARRIER_TIMEOUT_S = 3600
+_barriers = itertools.count()  # Every process meets the same barriers in the same order.
+
+
+def barrier(name: str) -> None:
+  """Waits until every process has called barrier(name) (a no-op in a single process).
+
+  Uses the coordination service, not a collective, so it tolerates any gap up
+  to BARRIER_TIMEOUT_S. Every process must meet the same barriers in the same order.
+  """
+  multihost.get_barrier_sync_fn()(key=f"genimg {name} #{next(_barriers)}", timeout_ms=BARRIER_TIMEOUT_S * 1000)
+
+
+class CompiledTogether:
+  """A jitted function whose first call for each input signature, in a multi-process run, compiles it
+  and then waits at a barrier, so every process enters its collectives together (see module docstring).
+
+  Single process: calls the jitted function directly. jit keeps the compiled program, so
+  the call after the barrier compiles nothing.
+  """
+
+  def __init__(self, jitted, name: str):
+    self.jitted, self._name, self._seen = jitted, name, set()
+
+  def __call__(self, *args):
+    if jax.process_count() > 1:
+      leaves, structure = jax.tree.flatten(args)
+      signature = (structure, tuple((getattr(x, "shape", None), str(getattr(x, "dtype", type(x))),
+                                     getattr(x, "sharding", None)) for x in leaves))
+      if signature not in self._seen:
+        self.jitted.lower(*args).compile()
+        barrier(f"compiled {self._name}")
+        self._seen.add(signature)
+    return self.jitted(*args)

@@ -10,6 +10,7 @@ from jax.sharding import Mesh
 
 from genimg_jax.data import pipeline
 from genimg_jax.methods.base import Method
+from genimg_jax.train import distributed
 from genimg_jax.train import mesh as mesh_lib
 
 
@@ -51,9 +52,10 @@ def guarded_step(method: Method, inject_nan_at_steps: Sequence[int] = ()):
 def jit_train_step(method: Method, mesh: Mesh, state_sharding, inject_nan_at_steps: Sequence[int] = (),
                    donate: bool = True):
   """`guarded_step` jitted over `mesh`: batch sharded on `data`, the state donated (reused) by default."""
-  return jax.jit(guarded_step(method, inject_nan_at_steps),
-                 in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)),
-                 out_shardings=(state_sharding, mesh_lib.replicated(mesh)), donate_argnums=0 if donate else ())
+  return distributed.CompiledTogether(jax.jit(
+      guarded_step(method, inject_nan_at_steps),
+      in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)),
+      out_shardings=(state_sharding, mesh_lib.replicated(mesh)), donate_argnums=0 if donate else ()), "train step")
 
 
 def first_nan_op(method: Method, state, batch, train_key, inject_nan_at_steps: Sequence[int] = ()) -> str:
@@ -69,8 +71,9 @@ def first_nan_op(method: Method, state, batch, train_key, inject_nan_at_steps: S
 
 def jit_eval_step(method: Method, mesh: Mesh):
   """(params, global batch, key) -> metrics averaged over the batch; params keep their sharding."""
-  return jax.jit(method.eval_step, in_shardings=(None, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)),
-                 out_shardings=mesh_lib.replicated(mesh))
+  return distributed.CompiledTogether(jax.jit(
+      method.eval_step, in_shardings=(None, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)),
+      out_shardings=mesh_lib.replicated(mesh)), "eval step")
 
 
 def sampler(method: Method, mesh: Mesh, num: int):
@@ -79,7 +82,8 @@ def sampler(method: Method, mesh: Mesh, num: int):
   Sampling is split over the devices when `num` divides evenly, else replicated.
   """
   out = mesh_lib.batch_sharding(mesh) if num % mesh.devices.size == 0 else mesh_lib.replicated(mesh)
-  fn = jax.jit(lambda params, key: method.sample(params, key, num), out_shardings=out)
+  fn = distributed.CompiledTogether(jax.jit(lambda params, key: method.sample(params, key, num), out_shardings=out),
+                                    "sampler")
 
   def run(params, key) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(fn(params, key), tiled=True))
@@ -97,7 +101,7 @@ def image_grids(method: Method, mesh: Mesh, source, data, num: int):
                                 process_count=1)[0]
   replicated = mesh_lib.replicated(mesh)
   batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(replicated, x), first)
-  fn = jax.jit(method.image_grids, out_shardings=replicated)
+  fn = distributed.CompiledTogether(jax.jit(method.image_grids, out_shardings=replicated), "image grids")
 
   def run(params, key) -> dict[str, np.ndarray]:
     return {name: np.asarray(grid.addressable_data(0)) for name, grid in fn(params, batch, key).items()}

@@ -19,6 +19,7 @@ from genimg_jax.errors import DataError, Preempted, TrainingDiverged
 from genimg_jax.evaluation import suite
 from genimg_jax.methods.base import TrainState
 from genimg_jax.train import checkpoint as ckpt_lib
+from genimg_jax.train import distributed
 from genimg_jax.train import guards
 from genimg_jax.train import mesh as mesh_lib
 from genimg_jax.train import steps, workdir as workdir_lib
@@ -74,7 +75,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
   checkpointer = ckpt_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir), config.train.keep_checkpoints)
   restored = checkpointer.restore_latest(abstract, data_iter)
   if restored is None:
-    state = jax.jit(method.init, out_shardings=state_sharding)(keys["init"])
+    state = distributed.CompiledTogether(jax.jit(method.init, out_shardings=state_sharding), "init")(keys["init"])
     last_checkpoint = None
   else:
     state, last_checkpoint = restored.state, restored.step
