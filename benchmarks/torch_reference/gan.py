@@ -50,14 +50,15 @@ LOSSES = {
 
 
 def _init_(layer: nn.Module, scheme: str) -> None:
-  """Kernel init as ours, zero bias. scheme: "residual" (Glorot-uniform, gain sqrt(2)),
+  """Kernel init as ours, zero bias (if any). scheme: "residual" (Glorot-uniform, gain sqrt(2)),
   "glorot" (Glorot-uniform) or "dcgan" (N(0, 0.02))."""
   if scheme == "dcgan":
     nn.init.normal_(layer.weight, std=0.02)
   else:
     # torch's fans of [out, in, kh, kw] (or ConvTranspose's [in, out, ...]) equal flax's of [kh, kw, in, out].
     nn.init.xavier_uniform_(layer.weight, gain=math.sqrt(2.0) if scheme == "residual" else 1.0)
-  nn.init.zeros_(layer.bias)
+  if layer.bias is not None:
+    nn.init.zeros_(layer.bias)
 
 
 def _spectral(layer: nn.Module, enabled: bool) -> nn.Module:
@@ -220,10 +221,12 @@ class DCGANGenerator(nn.Module):
     height, width, channels = image_shape
     levels = len(ch_mult)
     self.base = (height >> levels, width >> levels, ch * ch_mult[-1])
-    self.dense = nn.Linear(z_dim, math.prod(self.base))
+    normed = norm == "batch"  # No bias before batch norm, as ours.
+    self.dense = nn.Linear(z_dim, math.prod(self.base), bias=not normed)
     widths = [ch * mult for mult in reversed(ch_mult)] + [channels]
-    self.convs = nn.ModuleList(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)
-                               for cin, cout in zip(widths[:-1], widths[1:]))
+    last = len(widths) - 2
+    self.convs = nn.ModuleList(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=not normed or i == last)
+                               for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])))
     # One norm per hidden layer: the dense one and every transposed conv but the last.
     self.norms = (nn.ModuleList(BatchNorm(width, momentum) for width in widths[:-1]) if norm == "batch"
                   else [None] * levels)
@@ -250,8 +253,8 @@ class DCGANDiscriminator(nn.Module):
     spectral = norm == "spectral"
     widths = [channels] + [ch * mult for mult in ch_mult]
     self.convs = nn.ModuleList()
-    for cin, cout in zip(widths[:-1], widths[1:]):
-      conv = nn.Conv2d(cin, cout, 4, stride=2, padding=1)
+    for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
+      conv = nn.Conv2d(cin, cout, 4, stride=2, padding=1, bias=not (norm == "batch" and i > 0))
       _init_(conv, "dcgan")
       self.convs.append(_spectral(conv, spectral))
     # Batch norm after every conv but the first; ours never uses its running averages.

@@ -48,11 +48,13 @@ class DCGANGenerator(nn.Module):
     if self.num_classes and self.conditioning == "embedding":
       z = jnp.concatenate([z, nn.Embed(self.num_classes, z.shape[-1], name="class_embed")(labels)], axis=-1)
     base_h, base_w = height >> levels, width >> levels
-    h = nn.Dense(base_h * base_w * self.ch * self.ch_mult[-1], kernel_init=_INIT, dtype=self.dtype)(z)
+    normed = self.norm != "none"  # A bias before batch norm has no gradient: left out.
+    h = nn.Dense(base_h * base_w * self.ch * self.ch_mult[-1], use_bias=not normed, kernel_init=_INIT,
+                 dtype=self.dtype)(z)
     h = norm_relu(h.reshape(z.shape[0], base_h, base_w, self.ch * self.ch_mult[-1]))
     for mult in reversed(self.ch_mult[:-1]):
-      h = nn.ConvTranspose(self.ch * mult, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_INIT,
-                           dtype=self.dtype)(h)
+      h = nn.ConvTranspose(self.ch * mult, (4, 4), strides=(2, 2), padding="SAME", use_bias=not normed,
+                           kernel_init=_INIT, dtype=self.dtype)(h)
       h = norm_relu(h)
     h = nn.ConvTranspose(channels, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_INIT, dtype=self.dtype)(h)
     return jnp.tanh(h.astype(jnp.float32))
@@ -79,10 +81,11 @@ class DCGANDiscriminator(nn.Module):
     spectral = self.norm == "spectral"
     h = x.astype(self.dtype)
     for i, mult in enumerate(self.ch_mult):
-      conv = nn.Conv(self.ch * mult, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), kernel_init=_INIT,
-                     dtype=self.dtype)
+      batch_norm = self.norm == "batch" and i > 0
+      conv = nn.Conv(self.ch * mult, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=not batch_norm,
+                     kernel_init=_INIT, dtype=self.dtype)
       h = maybe_spectral(conv, spectral, update)(h)
-      if self.norm == "batch" and i > 0:
+      if batch_norm:
         h = nn.BatchNorm(use_running_average=False, momentum=self.bn_momentum, dtype=self.dtype)(h)
       h = nn.leaky_relu(h, 0.2)
     return ProjectionHead(self.num_classes, spectral, _INIT, self.dtype)(
