@@ -14,13 +14,13 @@ from helpers import REPO
 LOWERING_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 
 
-def test_a_process_40_seconds_late_to_the_first_collective_still_meets_the_other():
+def test_a_process_35_seconds_late_to_the_first_collective_still_meets_the_other():
   # Without the barrier, gloo's context set-up gives up after 30 s (GetKeyValue() timed out).
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "late_collective.py"), str(port), str(i),
-                             "40"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "35"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
   outputs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outputs):
@@ -38,8 +38,9 @@ def test_one_barrier_per_new_signature_and_no_second_compilation(monkeypatch):
     double = distributed.CompiledTogether(jax.jit(lambda x: 2 * x), "double")
     x, y, longer = jnp.ones(3), jnp.zeros(3), jnp.ones(4)
     before = len(lowerings)
-    assert float(double(x)[0]) == 2.0
+    doubled = double(x)
     assert met == ["compiled double"] and len(lowerings) == before + 1  # The call reused the compiled program.
+    assert doubled.tolist() == [2.0, 2.0, 2.0]
     double(y)
     assert met == ["compiled double"] and len(lowerings) == before + 1
     double(longer)

@@ -105,7 +105,7 @@ def test_runtime_sets_gpu_determinism_flag_once(monkeypatch):
     (["--config.mesh.cpu_devices=0", "--config.train.batch_size=30", "--config.eval.batch_size=20"], 8, 5),
     (["--config.mesh.cpu_devices=0", "--config.mesh.fsdp=2", "--config.train.batch_size=12"], 5, 4),
     (["--config.mesh.cpu_devices=3"], 2, 3),  # explicit: as asked
-    ([], 2, 1),  # the default
+    ([], 2, 2),  # the default: one per core
 ])
 def test_cpu_device_count(overrides, cores, expected):
   from genimg_jax.train import runtime
@@ -114,13 +114,13 @@ def test_cpu_device_count(overrides, cores, expected):
   assert runtime.cpu_device_count(config, num_cores=cores) == expected
 
 
-def test_cpu_devices_zero_gives_a_new_process_one_device_per_core():
+def test_by_default_a_new_process_gets_one_device_per_core():
   import subprocess
   import sys
 
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
   code = ("import jax; from genimg_jax import config as c; from genimg_jax.train import runtime; "
-          f"runtime.setup(c.load({DIGITS_CONFIG!r}, ['--config.mesh.cpu_devices=0'])); print(jax.device_count())")
+          f"runtime.setup(c.load({DIGITS_CONFIG!r}, [])); print(jax.device_count())")
   result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-2000:]
   cores = len(os.sched_getaffinity(0))

@@ -48,11 +48,38 @@ def maybe_compile(module: torch.nn.Module, compile: bool) -> torch.nn.Module:
   return torch.compile(module) if compile else module
 
 
-def make_ema(modules: list[torch.nn.Module], decay: float) -> Callable[[], None]:
-  """Returns update(): ema = d * ema + (1 - d) * params over all trainable parameters, with
-  ours' warm-up d = min(decay, (1 + step) / (10 + step)) at the update's step 0, 1, ..."""
-  params = [p for m in modules for p in m.parameters() if p.requires_grad]
-  ema = [p.detach().clone() for p in params]
+def make_update(params: list[torch.Tensor], opt, device: torch.device) -> Callable[[], None]:
+  """Returns apply(): one update of `params` from their .grad, as ours with optimizer section `opt`.
+
+  Global-norm clipping to opt.grad_clip (if set), AdamW (decay on every parameter, as
+  optax.adamw without a mask) at the linear warm-up rate optax.linear_schedule(0,
+  opt.learning_rate, opt.warmup_steps) of its own update count, then the gradients are cleared.
+  """
+  optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps,
+                                weight_decay=opt.weight_decay, fused=device.type == "cuda")
+  count = 0
+
+  def apply():
+    nonlocal count
+    if opt.grad_clip:
+      torch.nn.utils.clip_grad_norm_(params, opt.grad_clip, foreach=True)
+    warmup = min(count / opt.warmup_steps, 1.0) if opt.warmup_steps else 1.0
+    for group in optimizer.param_groups:
+      group["lr"] = opt.learning_rate * warmup
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    count += 1
+
+  return apply
+
+
+def make_ema(params: list[torch.Tensor], decay: float, ema: list[torch.Tensor] | None = None) -> Callable[[], None]:
+  """Returns update(): ema = d * ema + (1 - d) * params, with ours' warm-up
+  d = min(decay, (1 + step) / (10 + step)) at the update's step 0, 1, ...
+
+  `ema`: the tensors to average into (a copy of `params` by default).
+  """
+  ema = [p.detach().clone() for p in params] if ema is None else ema
   step = 0
 
   @torch.no_grad()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.torch_reference import Reference, autocast, make_ema, maybe_compile
+from benchmarks.torch_reference import Reference, autocast, make_ema, make_update, maybe_compile
 
 NUM_TOKENS = 256  # 8-bit values
 LAYER_NORM_EPS = 1e-6  # flax.linen.LayerNorm's default
@@ -159,31 +159,15 @@ def build(config, device: torch.device, *, compile: bool) -> Reference:
   model.train()
   loss_fn = maybe_compile(NLLLoss(model).to(device), compile)
   params = [p for p in model.parameters() if p.requires_grad]
-  # Decoupled weight decay on every parameter, as optax.adamw without a mask.
-  optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps,
-                                weight_decay=opt.weight_decay, fused=device.type == "cuda")
-  ema_update = make_ema([model], config.ema.decay)
-  step = 0
-
-  def learning_rate(count: int) -> float:
-    """optax.linear_schedule(0, lr, warmup_steps) at the optimizer's update count."""
-    if opt.warmup_steps:
-      return opt.learning_rate * min(count / opt.warmup_steps, 1.0)
-    return opt.learning_rate
+  update = make_update(params, opt, device)
+  ema_update = make_ema(params, config.ema.decay)
 
   def train_step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    nonlocal step
     with autocast(config, device):
       loss = loss_fn(images, labels)
     loss.backward()
-    if opt.grad_clip:
-      torch.nn.utils.clip_grad_norm_(params, opt.grad_clip, foreach=True)
-    for group in optimizer.param_groups:
-      group["lr"] = learning_rate(step)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    update()
     ema_update()
-    step += 1
     return loss.detach()
 
   return Reference(modules={"model": model}, train_step=train_step)

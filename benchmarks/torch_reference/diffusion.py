@@ -20,24 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.torch_reference import Reference, autocast, make_ema, maybe_compile
+from benchmarks.torch_reference import Reference, autocast, make_ema, make_update, maybe_compile
+from benchmarks.torch_reference.layers import GROUP_NORM_EPS, Upsample, conv3x3, lecun_normal_
 
-GROUP_NORM_EPS = 1e-6  # flax.linen.GroupNorm's default
 BETA_SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v", "x0")
 LOSSES = ("simple",)
 DTYPES = ("float32", "bfloat16")
-
-
-def _lecun_normal_(weight: torch.Tensor) -> None:
-  """flax's default kernel init: truncated normal (2 std) of variance 1 / fan_in."""
-  fan_in = weight[0].numel()  # [out, in, kh, kw] or [out, in]
-  std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # corrects for the truncation
-  nn.init.trunc_normal_(weight, std=std, a=-2.0 * std, b=2.0 * std)
-
-
-def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
-  return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -60,12 +49,12 @@ class ResBlock(nn.Module):
   def __init__(self, in_ch: int, out_ch: int, temb_ch: int, dropout: float, norm_groups: int):
     super().__init__()
     self.norm1 = nn.GroupNorm(norm_groups, in_ch, eps=GROUP_NORM_EPS)
-    self.conv1 = _conv3x3(in_ch, out_ch)
+    self.conv1 = conv3x3(in_ch, out_ch)
     self.temb_proj = nn.Linear(temb_ch, out_ch)
     self.norm2 = nn.GroupNorm(norm_groups, out_ch, eps=GROUP_NORM_EPS)
     # flax's Dropout at rate 0 returns its input untouched.
     self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-    self.conv2 = _conv3x3(out_ch, out_ch)
+    self.conv2 = conv3x3(out_ch, out_ch)
     # Ours is a Dense over the channels: the same map and parameter count as a 1x1 conv.
     self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
@@ -103,17 +92,6 @@ class AttnBlock(nn.Module):
     return x + y.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
-class Upsample(nn.Module):
-  """Nearest-neighbour x2, then a 3x3 conv. [B, C, H, W] -> [B, C, 2H, 2W]."""
-
-  def __init__(self, ch: int):
-    super().__init__()
-    self.conv = _conv3x3(ch, ch)
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-
-
 class UNet(nn.Module):
   """Noise-prediction UNet: x_t [B, C, H, W], t [B] -> [B, out_ch, H, W] float32.
 
@@ -134,7 +112,7 @@ class UNet(nn.Module):
     block = lambda i, o: ResBlock(i, o, temb_ch, dropout, norm_groups)
     attn = lambda c: AttnBlock(c, num_heads, norm_groups)
 
-    self.conv_in = _conv3x3(in_ch, ch)
+    self.conv_in = conv3x3(in_ch, ch)
     # Each entry: [resblock, attention or Identity], or a Downsample conv.
     self.down = nn.ModuleList()
     skip_widths, width, res = [ch], ch, image_size
@@ -145,7 +123,7 @@ class UNet(nn.Module):
         width = ch * mult
         skip_widths.append(width)
       if level != len(ch_mult) - 1:
-        self.down.append(_conv3x3(width, width, stride=2))
+        self.down.append(conv3x3(width, width, stride=2))
         skip_widths.append(width)
         res //= 2
 
@@ -164,11 +142,11 @@ class UNet(nn.Module):
         res *= 2
 
     self.norm_out = nn.GroupNorm(norm_groups, width, eps=GROUP_NORM_EPS)
-    self.conv_out = _conv3x3(width, out_ch)
+    self.conv_out = conv3x3(width, out_ch)
 
     for layer in self.modules():
       if isinstance(layer, (nn.Conv2d, nn.Linear)):
-        _lecun_normal_(layer.weight)
+        lecun_normal_(layer.weight)
         nn.init.zeros_(layer.bias)
     zero_init = [self.conv_out] + [m.conv2 for m in self.modules() if isinstance(m, ResBlock)]
     zero_init += [m.proj_out for m in self.modules() if isinstance(m, AttnBlock)]
@@ -263,32 +241,16 @@ def build(config, device: torch.device, *, compile: bool) -> Reference:
   loss_module.train()
   loss_fn = maybe_compile(loss_module, compile)
   params = [p for p in model.parameters() if p.requires_grad]
-  # Decoupled weight decay on every parameter, as optax.adamw without a mask.
-  optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps,
-                                weight_decay=opt.weight_decay, fused=device.type == "cuda")
-  ema_update = make_ema([model], config.ema.decay)
-  step = 0
-
-  def learning_rate(count: int) -> float:
-    """optax.linear_schedule(0, lr, warmup_steps) at the optimizer's update count."""
-    if opt.warmup_steps:
-      return opt.learning_rate * min(count / opt.warmup_steps, 1.0)
-    return opt.learning_rate
+  update = make_update(params, opt, device)
+  ema_update = make_ema(params, config.ema.decay)
 
   def train_step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     del labels  # unconditional
-    nonlocal step
     with autocast(config, device):
       loss = loss_fn(images)
     loss.backward()
-    if opt.grad_clip:
-      torch.nn.utils.clip_grad_norm_(params, opt.grad_clip, foreach=True)
-    for group in optimizer.param_groups:
-      group["lr"] = learning_rate(step)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    update()
     ema_update()
-    step += 1
     return loss.detach()
 
   return Reference(modules={"model": model}, train_step=train_step)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
-from benchmarks.torch_reference import Reference, autocast, maybe_compile
+from benchmarks.torch_reference import Reference, autocast, make_ema, make_update, maybe_compile
 
 BATCH_NORM_EPS = 1e-5  # flax.linen.BatchNorm's default
 ARCHS = ("dcgan", "resnet")
@@ -342,20 +342,6 @@ def _networks(config) -> tuple[nn.Module, nn.Module]:
   return generator, discriminator
 
 
-def _optimizer(params: list[torch.Tensor], opt, device: torch.device):
-  """(AdamW, learning_rate(count)) of an optimizer section; as optax.adamw, decay on every parameter."""
-  optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps,
-                                weight_decay=opt.weight_decay, fused=device.type == "cuda")
-
-  def learning_rate(count: int) -> float:
-    """optax.linear_schedule(0, lr, warmup_steps) at the optimizer's update count."""
-    if opt.warmup_steps:
-      return opt.learning_rate * min(count / opt.warmup_steps, 1.0)
-    return opt.learning_rate
-
-  return optimizer, learning_rate
-
-
 def build(config, device: torch.device, *, compile: bool) -> Reference:
   """The GAN of `config` on `device` with its n_critic discriminator updates, generator update and EMA."""
   _validate(config)
@@ -370,26 +356,14 @@ def build(config, device: torch.device, *, compile: bool) -> Reference:
   ema_pass = maybe_compile(ema_generator, compile)
   g_params = [p for p in generator.parameters() if p.requires_grad]
   d_params = [p for p in discriminator.parameters() if p.requires_grad]
-  ema_params = list(ema_generator.parameters())
-  g_opt, g_lr = _optimizer(g_params, config.g_optimizer, device)
-  d_opt, d_lr = _optimizer(d_params, config.d_optimizer, device)
-  n_critic, decay = g.n_critic, config.ema.decay
-  step = 0
-
-  def apply_update(optimizer, params, loss, opt, learning_rate, count):
-    """Backward of `loss`, clipping, and one step of `optimizer` at its count-th update's rate."""
-    loss.backward()
-    if opt.grad_clip:
-      torch.nn.utils.clip_grad_norm_(params, opt.grad_clip, foreach=True)
-    for group in optimizer.param_groups:
-      group["lr"] = learning_rate(count)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+  g_update = make_update(g_params, config.g_optimizer, device)
+  d_update = make_update(d_params, config.d_optimizer, device)
+  ema_update = make_ema(g_params, config.ema.decay, ema=list(ema_generator.parameters()))
+  n_critic = g.n_critic
 
   def train_step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """images [n_critic * B, H, W, C] -> the mean discriminator loss over the n_critic updates."""
     del labels  # unconditional
-    nonlocal step
     batch = images.shape[0] // n_critic
     d_losses = []
     set_power_iteration(discriminator, True)
@@ -397,7 +371,8 @@ def build(config, device: torch.device, *, compile: bool) -> Reference:
       z = torch.randn(batch, m.z_dim, device=device)
       with autocast(config, device):
         d_loss = d_loss_fn(images[i::n_critic], z)
-      apply_update(d_opt, d_params, d_loss, config.d_optimizer, d_lr, step * n_critic + i)
+      d_loss.backward()
+      d_update()
       d_losses.append(d_loss.detach())
 
     z = torch.randn(batch, m.z_dim, device=device)
@@ -405,16 +380,13 @@ def build(config, device: torch.device, *, compile: bool) -> Reference:
     discriminator.requires_grad_(False)  # no weight gradients for the discriminator here, as ours
     with autocast(config, device):
       g_loss = g_loss_fn(z)
-    apply_update(g_opt, g_params, g_loss, config.g_optimizer, g_lr, step)
+    g_loss.backward()
+    g_update()
     discriminator.requires_grad_(True)
 
-    # genimg_jax.methods.base.ema_update: the decay warms up over the first steps.
-    d = min(decay, (1.0 + step) / (10.0 + step))
-    with torch.no_grad():
-      torch._foreach_lerp_(ema_params, g_params, 1.0 - d)
-      with autocast(config, device):
-        ema_pass(z, update_stats=True)
-    step += 1
+    ema_update()
+    with torch.no_grad(), autocast(config, device):
+      ema_pass(z, update_stats=True)
     return torch.stack(d_losses).mean()
 
   return Reference(modules={"generator": generator, "discriminator": discriminator}, train_step=train_step)

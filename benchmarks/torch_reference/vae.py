@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.torch_reference import Reference, autocast, make_ema, maybe_compile
+from benchmarks.torch_reference import Reference, autocast, make_ema, make_update, maybe_compile
+from benchmarks.torch_reference.layers import GROUP_NORM_EPS, Upsample, conv3x3, lecun_normal_
 
-GROUP_NORM_EPS = 1e-6  # flax.linen.GroupNorm's default
 NUM_VALUES = 256  # 8-bit pixel values
 HALF_BIN = 1.0 / 255.0  # half the distance between neighbouring pixel values in [-1, 1]
 MIN_LOG_SCALE = -7.0  # PixelCNN++'s floor on logistic log-scales
@@ -30,22 +30,11 @@ LATENT_TYPES = ("vector", "spatial")
 LIKELIHOODS = ("bernoulli", "logistic", "logistic_mixture", "categorical")
 
 
-def _lecun_normal_(weight: torch.Tensor) -> None:
-  """flax's default kernel init: truncated normal (2 std) of variance 1 / fan_in."""
-  fan_in = weight[0].numel()  # [out, in, kh, kw] or [out, in]
-  std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # corrects for the truncation
-  nn.init.trunc_normal_(weight, std=std, a=-2.0 * std, b=2.0 * std)
-
-
 def _init_like_flax(module: nn.Module) -> None:
   for layer in module.modules():
     if isinstance(layer, (nn.Conv2d, nn.Linear)):
-      _lecun_normal_(layer.weight)
+      lecun_normal_(layer.weight)
       nn.init.zeros_(layer.bias)
-
-
-def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
-  return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1)
 
 
 class ResidualBlock(nn.Module):
@@ -58,9 +47,9 @@ class ResidualBlock(nn.Module):
   def __init__(self, in_ch: int, out_ch: int, norm_groups: int):
     super().__init__()
     self.norm1 = nn.GroupNorm(norm_groups, in_ch, eps=GROUP_NORM_EPS)
-    self.conv1 = _conv3x3(in_ch, out_ch)
+    self.conv1 = conv3x3(in_ch, out_ch)
     self.norm2 = nn.GroupNorm(norm_groups, out_ch, eps=GROUP_NORM_EPS)
-    self.conv2 = _conv3x3(out_ch, out_ch)
+    self.conv2 = conv3x3(out_ch, out_ch)
     # Ours is a Dense over the channels: the same map and parameter count as a 1x1 conv.
     self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
@@ -68,17 +57,6 @@ class ResidualBlock(nn.Module):
     h = self.conv1(F.silu(self.norm1(x)))
     h = self.conv2(F.silu(self.norm2(h)))
     return self.skip(x) + h
-
-
-class Upsample(nn.Module):
-  """Nearest-neighbour x2, then a 3x3 conv. [B, C, H, W] -> [B, C, 2H, 2W]."""
-
-  def __init__(self, ch: int):
-    super().__init__()
-    self.conv = _conv3x3(ch, ch)
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 class Encoder(nn.Module):
@@ -89,14 +67,14 @@ class Encoder(nn.Module):
                latent_type: str, latent_dim: int, image_size: tuple[int, int]):
     super().__init__()
     self.latent_type = latent_type
-    self.conv_in = _conv3x3(in_ch, ch)
+    self.conv_in = conv3x3(in_ch, ch)
     layers, width = [], ch
     for level, mult in enumerate(ch_mult):
       for _ in range(num_res_blocks):
         layers.append(ResidualBlock(width, ch * mult, norm_groups))
         width = ch * mult
       if level != len(ch_mult) - 1:
-        layers.append(_conv3x3(width, width, stride=2))  # Downsample
+        layers.append(conv3x3(width, width, stride=2))  # Downsample
     self.blocks = nn.Sequential(*layers)
     self.norm_out = nn.GroupNorm(norm_groups, width, eps=GROUP_NORM_EPS)
     if latent_type == "vector":
@@ -126,7 +104,7 @@ class Decoder(nn.Module):
     if latent_type == "vector":
       self.from_latent = nn.Linear(latent_dim, math.prod(self.top_shape))
     else:
-      self.from_latent = _conv3x3(latent_dim, width)
+      self.from_latent = conv3x3(latent_dim, width)
     layers = []
     for level in reversed(range(len(ch_mult))):
       for _ in range(num_res_blocks):
@@ -136,7 +114,7 @@ class Decoder(nn.Module):
         layers.append(Upsample(width))
     self.blocks = nn.Sequential(*layers)
     self.norm_out = nn.GroupNorm(norm_groups, width, eps=GROUP_NORM_EPS)
-    self.conv_out = _conv3x3(width, out_ch)
+    self.conv_out = conv3x3(width, out_ch)
 
   def forward(self, z: torch.Tensor) -> torch.Tensor:
     h = self.from_latent(z)
@@ -267,19 +245,11 @@ def build(config, device: torch.device, *, compile: bool) -> Reference:
   model.train()
   loss_fn = maybe_compile(NegativeELBOLoss(model, lk.name, channels, lk.num_mixtures, kl_cfg.free_bits), compile)
   params = [p for p in model.parameters() if p.requires_grad]
-  # Decoupled weight decay on every parameter, as optax.adamw without a mask.
-  optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps,
-                                weight_decay=opt.weight_decay, fused=device.type == "cuda")
-  ema_update = make_ema([model], config.ema.decay)
+  update = make_update(params, opt, device)
+  ema_update = make_ema(params, config.ema.decay)
   # A tensor, so a compiled loss is not recompiled as the weight warms up.
   kl_weight = torch.zeros((), device=device)
   step = 0
-
-  def learning_rate(count: int) -> float:
-    """optax.linear_schedule(0, lr, warmup_steps) at the optimizer's update count."""
-    if opt.warmup_steps:
-      return opt.learning_rate * min(count / opt.warmup_steps, 1.0)
-    return opt.learning_rate
 
   def train_step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     nonlocal step
@@ -289,12 +259,7 @@ def build(config, device: torch.device, *, compile: bool) -> Reference:
     with autocast(config, device):
       loss = loss_fn(images, kl_weight)
     loss.backward()
-    if opt.grad_clip:
-      torch.nn.utils.clip_grad_norm_(params, opt.grad_clip, foreach=True)
-    for group in optimizer.param_groups:
-      group["lr"] = learning_rate(step)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    update()
     ema_update()
     step += 1
     return loss.detach()

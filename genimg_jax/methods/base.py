@@ -119,3 +119,17 @@ def ema_update(ema: PyTree, params: PyTree, decay: float, step: jax.Array) -> Py
   stepf = step.astype(jnp.float32)
   d = jnp.minimum(decay, (1.0 + stepf) / (10.0 + stepf))
   return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+
+
+def split_over_devices(x: jax.Array) -> jax.Array:
+  """x [N, ...] split on its leading axis over every device, as a batch is, when traced on a
+  mesh (the trainer traces its steps and samplers on theirs) and N divides the device count;
+  otherwise x unchanged. Values are unchanged either way.
+
+  For arrays a step makes itself (a GAN's latents): without it XLA may compute them, and
+  everything downstream of them, whole on every device.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or x.shape[0] % mesh.size:
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(mesh.axis_names))

@@ -25,7 +25,8 @@ import optax
 
 from genimg_jax.config import require
 from genimg_jax.losses import adversarial
-from genimg_jax.methods.base import Method, TrainState, ema_update, make_optimizer, optimizer_config
+from genimg_jax.methods.base import (Method, TrainState, ema_update, make_optimizer, optimizer_config,
+                                     split_over_devices)
 from genimg_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from genimg_jax.models.sngan import ResNetDiscriminator, ResNetGenerator
 from genimg_jax.registry import lookup
@@ -170,11 +171,12 @@ def make_updates(config: ml_collections.ConfigDict) -> Updates:
   n_critic, ema_decay = g.n_critic, config.ema.decay
 
   def latents(rng, num):
-    """z [num, z_dim] ~ N(0, I) and labels [num] uniform over the classes (zeros if unconditional)."""
+    """z [num, z_dim] ~ N(0, I) and labels [num] uniform over the classes (zeros if unconditional),
+    split over the devices like the real batch."""
     z_rng, label_rng = jax.random.split(rng)
     labels = (jax.random.randint(label_rng, (num,), 0, m.num_classes) if m.num_classes
               else jnp.zeros((num,), jnp.int32))
-    return jax.random.normal(z_rng, (num, m.z_dim), jnp.float32), labels
+    return split_over_devices(jax.random.normal(z_rng, (num, m.z_dim), jnp.float32)), split_over_devices(labels)
 
   def generate(params, state, z, labels):
     """Train-mode generator (batch statistics) -> (images, state with updated running averages)."""

@@ -18,7 +18,7 @@ def cpu_device_count(config: ml_collections.ConfigDict, num_cores: int | None = 
   """The number of CPU devices for `config`: mesh.cpu_devices, or with 0 one per core
   (`num_cores`, default: the cores this process may use), reduced to the largest count
   that divides train.batch_size, the eval batch size and is a multiple of mesh.fsdp."""
-  explicit = config.mesh.get("cpu_devices", 1)
+  explicit = config.mesh.get("cpu_devices", 0)
   if explicit:
     return explicit
   batches = [config.train.batch_size, config.eval.get("batch_size", 0) or config.train.batch_size]

@@ -49,11 +49,20 @@ def guarded_step(method: Method, inject_nan_at_steps: Sequence[int] = ()):
   return step
 
 
+def on_mesh(fn, mesh: Mesh):
+  """fn traced with `mesh` as the abstract mesh, for methods.base.split_over_devices."""
+  def traced(*args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args)
+
+  return traced
+
+
 def jit_train_step(method: Method, mesh: Mesh, state_sharding, inject_nan_at_steps: Sequence[int] = (),
                    donate: bool = True):
   """`guarded_step` jitted over `mesh`: batch sharded on `data`, the state donated (reused) by default."""
   return distributed.CompiledTogether(jax.jit(
-      guarded_step(method, inject_nan_at_steps),
+      on_mesh(guarded_step(method, inject_nan_at_steps), mesh),
       in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)),
       out_shardings=(state_sharding, mesh_lib.replicated(mesh)), donate_argnums=0 if donate else ()), "train step")
 
@@ -82,7 +91,8 @@ def sampler(method: Method, mesh: Mesh, num: int):
   Sampling is split over the devices when `num` divides evenly, else replicated.
   """
   out = mesh_lib.batch_sharding(mesh) if num % mesh.devices.size == 0 else mesh_lib.replicated(mesh)
-  fn = distributed.CompiledTogether(jax.jit(lambda params, key: method.sample(params, key, num), out_shardings=out),
+  fn = distributed.CompiledTogether(jax.jit(on_mesh(lambda params, key: method.sample(params, key, num), mesh),
+                                            out_shardings=out),
                                     "sampler")
 
   def run(params, key) -> np.ndarray:
