@@ -22,8 +22,8 @@ from torch import nn
 
 from benchmarks.torch_reference import Reference, autocast, make_ema, make_update, maybe_compile
 from benchmarks.torch_reference.layers import GROUP_NORM_EPS, Upsample, conv3x3, lecun_normal_
+from genimg_jax.losses.diffusion import beta_schedule  # NumPy float64 betas, computed once on the host
 
-BETA_SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v", "x0")
 LOSSES = ("simple",)
 DTYPES = ("float32", "bfloat16")
@@ -174,18 +174,6 @@ class UNet(nn.Module):
     return self.conv_out(F.silu(self.norm_out(h))).float()
 
 
-def beta_schedule(name: str, num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
-  """Betas as float64 [T]: linear from beta_start to beta_end, or cosine (Nichol & Dhariwal 2021)."""
-  if name == "linear":
-    return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
-  if name == "cosine":
-    s = 0.008
-    steps = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
-    abar = np.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
-    return np.minimum(1.0 - abar[1:] / abar[:-1], 0.999)
-  raise ValueError(f"the torch diffusion reference has no beta schedule {name!r}; choose one of {BETA_SCHEDULES}")
-
-
 class SimpleLoss(nn.Module):
   """The 'simple' objective: the mean squared error of the UNet's output against its prediction target."""
 
@@ -218,9 +206,6 @@ def _validate(config) -> None:
   m, d = config.model, config.diffusion
   if m.dtype not in DTYPES:
     raise ValueError(f"the torch diffusion reference has no model.dtype {m.dtype!r}; choose one of {DTYPES}")
-  if d.beta_schedule not in BETA_SCHEDULES:
-    raise ValueError(f"the torch diffusion reference has no beta schedule {d.beta_schedule!r}; "
-                     f"choose one of {BETA_SCHEDULES}")
   if d.prediction not in PREDICTIONS:
     raise ValueError(f"the torch diffusion reference has no prediction {d.prediction!r}; "
                      f"choose one of {PREDICTIONS}")
