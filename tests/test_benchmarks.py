@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -31,3 +33,14 @@ def test_quick_benchmark_produces_every_row(tmp_path):
   assert 1.0 <= igpt["flops_per_image"] / igpt["flops_per_image_by_hand"] <= 1.3, igpt
   for table_head in ("| config | dtype | params |", "| config | sampler |"):
     assert table_head in result.stdout
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--samplers", "ddim-7"], "--samplers: unknown variant(s) ['ddim-7']"),
+    (["--torch", "jit"], "--torch: modes are eager and compile"),
+])
+def test_bad_flags_exit_naming_the_flag(flags, words, tmp_path):
+  result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run.py"), *flags,
+                           "--out", str(tmp_path / "run.json")], capture_output=True, text=True, cwd=REPO)
+  assert result.returncode != 0 and words in result.stderr, result.stderr[-2000:]
+  assert not (tmp_path / "run.json").exists()

@@ -51,6 +51,7 @@ def test_missing_or_bad_config_file(tmp_path):
     ("train.steps", 0, "must be > 0"),
     ("train.batch_size", -4, "must be > 0"),
     ("train.sample_every", -1, "must be >= 0"),
+    ("mesh.cpu_devices", -1, "must be >= 0"),
 ])
 def test_common_validation(field, value, words):
   config = config_lib.load(DIGITS_CONFIG, [f"--config.{field}={value}"])
