@@ -40,6 +40,9 @@ def get_config():
 
   config.train.steps = 3000
   config.train.batch_size = 64
+  # On a CPU one device beats one per core here: batch norm reduces across devices at every layer,
+  # which costs more than this small model's per-device work (batch 64 on 2 cores: 1780 vs 1600 img/s).
+  config.mesh.cpu_devices = 1
   config.train.log_every = 100
   config.train.checkpoint_every = 1000
   config.train.num_samples = 100  # 10 x 10 grid: column j shows class j

@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from genimg_jax.models.gan_layers import GeneratorNorm, ProjectionHead, maybe_spectral
+from genimg_jax.models.gan_layers import ConvTranspose4x4Stride2, GeneratorNorm, ProjectionHead, maybe_spectral
 
 Dtype = Any
 _INIT = nn.initializers.normal(0.02)
@@ -52,11 +52,12 @@ class DCGANGenerator(nn.Module):
     h = nn.Dense(base_h * base_w * self.ch * self.ch_mult[-1], use_bias=not normed, kernel_init=_INIT,
                  dtype=self.dtype)(z)
     h = norm_relu(h.reshape(z.shape[0], base_h, base_w, self.ch * self.ch_mult[-1]))
-    for mult in reversed(self.ch_mult[:-1]):
-      h = nn.ConvTranspose(self.ch * mult, (4, 4), strides=(2, 2), padding="SAME", use_bias=not normed,
-                           kernel_init=_INIT, dtype=self.dtype)(h)
+    for i, mult in enumerate(reversed(self.ch_mult[:-1])):
+      h = ConvTranspose4x4Stride2(self.ch * mult, use_bias=not normed, kernel_init=_INIT, dtype=self.dtype,
+                                  name=f"ConvTranspose_{i}")(h)
       h = norm_relu(h)
-    h = nn.ConvTranspose(channels, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_INIT, dtype=self.dtype)(h)
+    h = ConvTranspose4x4Stride2(channels, kernel_init=_INIT, dtype=self.dtype,
+                                name=f"ConvTranspose_{len(self.ch_mult) - 1}")(h)
     return jnp.tanh(h.astype(jnp.float32))
 
 
