@@ -9,7 +9,7 @@ For each config, each measurement in a fresh subprocess (so peak memory and thre
   synchronised with block_until_ready), peak memory, model FLOPs per image from the compiled
   step's cost analysis, and MFU = achieved FLOP/s / peak FLOP/s, the peak being a large matmul
   in the config's compute dtype measured on the same machine in the same run; then each
-  sampler variant's compile seconds and images/s.
+  sampler variant's compile seconds and images/s (median of calls repeated for up to 2 s).
 - torch: the reference of the same architecture (benchmarks/torch_reference/, parameter count
   checked equal to ours, else the run fails) trained on the same batch on the same device,
   eagerly and under torch.compile (--torch), with ours/torch ratios in the table.
@@ -85,12 +85,20 @@ def transformer_flops_per_image(config) -> float:
 
   Matmuls only, 2 FLOPs per multiply-add, backward = 2x forward: per token and layer
   qkv + output projection (4 d^2) and the MLP (2 d * mlp_ratio d), the attention scores
-  and their use on values over the full (masked) context (2 * L * d), then the
-  256-way head. Embeddings, norms, softmax and the optimizer are left out.
+  and their use on values over the context the attention computes (2 * L * d times the
+  computed fraction of the L x L scores: all of them with XLA's or cuDNN's attention, the
+  query blocks' prefixes with the CPU's blocked attention), then the 256-way head.
+  Embeddings, norms, softmax and the optimizer are left out.
   """
+  from genimg_jax.models import attention, transformer
+
   m = config.model
   tokens = config.data.image_size ** 2 * config.data.channels
-  per_layer = 4 * m.width ** 2 + 2 * m.width * m.mlp_ratio * m.width + 2 * tokens * m.width
+  blocks = [(0, tokens)]
+  if transformer.attention_implementation(m.attention, m.dtype) == "blocked":
+    blocks = attention.query_blocks(tokens, transformer.ATTENTION_QUERY_BLOCKS)
+  scored = sum((end - start) * end for start, end in blocks) / tokens ** 2
+  per_layer = 4 * m.width ** 2 + 2 * m.width * m.mlp_ratio * m.width + 2 * tokens * m.width * scored
   forward = 2 * tokens * (m.num_layers * per_layer + m.width * 256)
   return 3.0 * forward
 
@@ -101,6 +109,14 @@ def _sync_timer(fn, *args):
   start = time.perf_counter()
   out = jax.block_until_ready(fn(*args))
   return out, time.perf_counter() - start
+
+
+def _median_call_s(fn, *args, budget_s: float = 2.0, max_calls: int = 10) -> float:
+  """Median seconds of synchronised calls of fn(*args), repeated while the calls so far took under budget_s."""
+  seconds = []
+  while not seconds or (sum(seconds) < budget_s and len(seconds) < max_calls):
+    seconds.append(_sync_timer(fn, *args)[1])
+  return statistics.median(seconds)
 
 
 def peak_flops(dtype: str, size: int, repeats: int = 5) -> float:
@@ -175,7 +191,7 @@ def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int
     start = time.perf_counter()
     compiled_sample = sample.lower(state.ema_params, keys["sample"], sample_num).compile()
     sample_compile_s = time.perf_counter() - start
-    _, sample_s = _sync_timer(compiled_sample, state.ema_params, keys["sample"])
+    sample_s = _median_call_s(compiled_sample, state.ema_params, keys["sample"])
     row["samplers"][spec] = {"num": sample_num, "compile_s": sample_compile_s, "seconds": sample_s,
                              "images_per_s": sample_num / sample_s}
 
@@ -226,6 +242,13 @@ def _child(args: list[str]) -> dict:
   if result.returncode:
     sys.exit(f"benchmark step {' '.join(args)} failed:\n{result.stderr[-3000:]}")
   return json.loads(next(l for l in result.stdout.splitlines() if l.startswith("ROW "))[4:])
+
+
+def require_same_params(name: str, family: str, ours: int, reference: int) -> None:
+  """Exits naming the reference's file when its trainable parameter count differs from ours."""
+  if reference != ours:
+    sys.exit(f"{name}: the torch reference has {reference} trainable parameters, ours {ours}: "
+             f"benchmarks/torch_reference/{family}.py does not match the model")
 
 
 def _loadavg() -> list[str] | None:
@@ -348,9 +371,7 @@ def main() -> None:
     row["torch"] = {}
     for mode in torch_modes:
       result = _child(["--child", json.dumps(dict(common, kind="torch", mode=mode))])
-      if result["params"] != row["params"]:
-        sys.exit(f"{name}: the torch reference has {result['params']} trainable parameters, ours "
-                 f"{row['params']}: benchmarks/torch_reference/{family}.py does not match the model")
+      require_same_params(name, family, row["params"], result["params"])
       row["torch"][mode] = result
     rows.append(row)
     print(f"measured {name}", file=sys.stderr)

@@ -44,3 +44,24 @@ def test_bad_flags_exit_naming_the_flag(flags, words, tmp_path):
                            "--out", str(tmp_path / "run.json")], capture_output=True, text=True, cwd=REPO)
   assert result.returncode != 0 and words in result.stderr, result.stderr[-2000:]
   assert not (tmp_path / "run.json").exists()
+
+
+def test_a_parameter_count_mismatch_exits_naming_the_reference_file():
+  from benchmarks import run
+
+  run.require_same_params("vae_digits", "vae", 100, 100)
+  with pytest.raises(SystemExit) as raised:
+    run.require_same_params("vae_digits", "vae", 100, 101)
+  assert "101 trainable parameters, ours 100: benchmarks/torch_reference/vae.py" in str(raised.value.code)
+
+
+def test_the_hand_count_of_transformer_flops_follows_the_attention_that_runs():
+  from benchmarks import run
+
+  config = run.load_config("igpt_digits", {})
+  blocked = run.transformer_flops_per_image(config)  # "auto" on this CPU: 4 query blocks
+  config.model.attention = "xla"
+  full = run.transformer_flops_per_image(config)
+  m, tokens = config.model, 256
+  # The blocked attention scores 5/8 of the 256 x 256 matrix: the difference is 3/8 of the scores' matmuls.
+  assert full - blocked == pytest.approx(3.0 * 2 * tokens * m.num_layers * 2 * tokens * m.width * 3 / 8)

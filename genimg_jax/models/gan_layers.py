@@ -94,17 +94,54 @@ def avg_pool2(x: jax.Array) -> jax.Array:
 # and i with kernel rows 0 and 2 at even outputs, inputs i and i + 1 with rows 1 and 3 at odd ones.
 _PHASE_TAPS = np.zeros((2, 3, 4), np.float32)
 _PHASE_TAPS[0, 0, 0] = _PHASE_TAPS[0, 1, 2] = _PHASE_TAPS[1, 1, 1] = _PHASE_TAPS[1, 2, 3] = 1.0
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv_transpose(x, kernel):
+  return jax.lax.conv_transpose(x, kernel, (2, 2), "SAME", dimension_numbers=_NHWC)
+
+
+def _conv_transpose_by_phases(x, kernel):
+  """The same function as one stride-1 3x3 convolution with a group of outputs per phase, then depth-to-space."""
+  in_channels, features = kernel.shape[2:]
+  phases = jnp.einsum("pak,qbl,klio->abipqo", _PHASE_TAPS, _PHASE_TAPS, kernel).astype(kernel.dtype)
+  y = jax.lax.conv_general_dilated(x, phases.reshape(3, 3, in_channels, 4 * features), (1, 1), ((1, 1), (1, 1)),
+                                   dimension_numbers=_NHWC)
+  b, h, w, _ = y.shape
+  return y.reshape(b, h, w, 2, 2, features).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, features)
+
+
+@jax.custom_vjp
+def conv_transpose_4x4_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """x [B, H, W, C], kernel [4, 4, C, F] -> [B, 2H, 2W, F]: lax.conv_transpose with strides 2 and "SAME" padding.
+
+  The kernel's gradient is taken through the equivalent 3x3 convolution by phases: XLA
+  lowers a transposed convolution's kernel gradient to a dilated convolution, which
+  XLA:CPU runs on a slow generic path (28 of 44 ms of a DCGAN step), while the forward
+  pass and the input's gradient are fast as they are.
+  """
+  return _conv_transpose(x, kernel)
+
+
+def _conv_transpose_forward(x, kernel):
+  return _conv_transpose(x, kernel), (x, kernel)
+
+
+def _conv_transpose_backward(residuals, d_out):
+  x, kernel = residuals
+  d_x = jax.vjp(lambda x: _conv_transpose(x, kernel), x)[1](d_out)[0]
+  d_kernel = jax.vjp(lambda k: _conv_transpose_by_phases(x, k), kernel)[1](d_out)[0]
+  return d_x, d_kernel
+
+
+conv_transpose_4x4_stride2.defvjp(_conv_transpose_forward, _conv_transpose_backward)
 
 
 class ConvTranspose4x4Stride2(nn.Module):
   """nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME"): [B, H, W, C] -> [B, 2H, 2W, features].
 
-  The same parameters (kernel [4, 4, C, features], bias [features]) and the same
-  function, computed as one stride-1 3x3 convolution with 4 * features outputs (one
-  group per output phase), then depth-to-space. XLA lowers the gradient of a
-  transposed convolution's kernel to a dilated convolution, which XLA:CPU runs on a
-  slow generic path (28 of 44 ms in a DCGAN step); these plain convolutions take
-  its fast path.
+  The same parameters (kernel [4, 4, C, features], bias [features]) and function,
+  through `conv_transpose_4x4_stride2`.
   """
 
   features: int
@@ -115,12 +152,7 @@ class ConvTranspose4x4Stride2(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features), jnp.float32)
-    phases = jnp.einsum("pak,qbl,klio->abipqo", _PHASE_TAPS, _PHASE_TAPS, kernel)
-    phases = phases.reshape(3, 3, x.shape[-1], 4 * self.features).astype(self.dtype)
-    y = jax.lax.conv_general_dilated(x.astype(self.dtype), phases, (1, 1), ((1, 1), (1, 1)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    b, h, w, _ = y.shape
-    y = y.reshape(b, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, self.features)
+    y = conv_transpose_4x4_stride2(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
     return y
