@@ -55,6 +55,9 @@ CONFIG_VARIANTS = {
     # uncached sampler (3072 full forward passes per image) finishes on a CPU in minutes.
     "igpt_cifar10_small": ("igpt_cifar10", {"model.num_layers": 2, "model.width": 32, "model.num_heads": 2,
                                             "model.dropout": 0.0, "model.dtype": "float32"}),
+    # The CPU defaults' alternatives, for side-by-side comparisons on a CPU.
+    "igpt_digits_xla_attention": ("igpt_digits", {"model.attention": "xla"}),
+    "dcgan_digits_device_per_core": ("dcgan_digits", {"mesh.cpu_devices": 0}),
 }
 # Batch sizes for configs whose step splits its batch (a GAN: one slice per discriminator
 # update) and so cannot take --batch_size's default: 5 slices of 32.
