@@ -3,12 +3,13 @@ r"""Class-conditional DCGAN on the offline digits: projection discriminator, cla
 Command:
   genimg train --config configs/dcgan_digits_cond.py --workdir runs/dcgan_digits_cond
 Hardware: sized for a 2-core CPU (no accelerator).
-Wall time: about 2-4 minutes on 2 cores (2 min 10 s measured on a 2-core CPU, 2026-11-23).
+Wall time: about 2-4 minutes on 2 cores (2 min 7 s measured on a 2-core CPU, 2026-11-23, one
+  CPU device, see mesh.cpu_devices below).
 Expected result: samples/step_0003000.png, a 10 x 10 grid whose column j shows the digit j. The
   MLP digit classifier of configs/dcgan_digits.py assigns 1000 EMA samples (sample i asks for
-  class i % 10) to the requested class 99.5% of the time at step 2000 and 100% at step 3000
+  class i % 10) to the requested class 97.8% of the time at step 2000 and 99.5% at step 3000
   (10% at initialisation); their feature Frechet distance to the training images falls from 548
-  to 4.2 (measured on a 2-core CPU, 2026-11-23).
+  to 7.0 (measured on a 2-core CPU, 2026-11-23; 100% and 4.2 in an earlier run on 2 devices).
 """
 
 from genimg_jax.config import base_config

@@ -3,14 +3,13 @@ r"""Autoregressive Transformer (ImageGPT-style) on the offline digits at 16x16x1
 Command:
   genimg train --config configs/igpt_digits.py --workdir runs/igpt_digits
 Hardware: sized for a 2-core CPU (no accelerator).
-Wall time: about 7 minutes on 2 idle cores (estimated: 600 steps at the 0.6 s per step
-  measured on an idle machine, plus compiles and the 64-sample grid); measured 14.8
-  minutes on 2 cores shared with other jobs (load average 4-10, 0.55-0.8 steps/s), 2026-11-23.
+Wall time: about 3 minutes on 2 cores (3 min 3 s measured on a 2-core CPU, 2026-11-23: 600
+  steps at 3.4-3.8 steps/s with the CPU's blocked attention, plus compiles and the 64-sample grid).
 Expected result: the training loss falls from 8.0 bits/dim (the zero-initialised head is
-  uniform) to ~1.8; `genimg eval` gives 1.70 bits/dim (1.18 nats/dim) on the 300-image
-  test split (288 used, EMA parameters, seed 0); samples/step_0000600.png shows
-  digit-like strokes, a good part of them recognisable digits, with some stray
-  horizontal streaks (measured on a 2-core CPU, 2026-11-23).
+  uniform) to ~1.8; `genimg eval` gives 1.74 bits/dim (1.21 nats/dim) on the 300-image
+  test split (288 used, EMA parameters, seed 0; 1.70 in an earlier run with XLA's attention);
+  samples/step_0000600.png shows digit-like strokes, a good part of them recognisable digits,
+  with some stray horizontal streaks (measured on a 2-core CPU, 2026-11-23).
 Model: 0.24M parameters: 4 pre-LayerNorm blocks, width 64, 4 heads, MLP 256, factorized
   position embeddings, unconditional, 256 tokens (16x16x1); Adam 2e-3 with 100 warm-up
   steps, batch 32, EMA 0.999. Sampling: cached decoder, temperature 1, no top-k.
