@@ -38,12 +38,13 @@ def attention_implementation(name: str, dtype) -> str:
   dtypes it takes), `attention.causal_attention` ("blocked") on a CPU, else XLA's
   jax.nn.dot_product_attention; the other names force one.
   """
-  if name == "auto":
-    sixteen_bit = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    if jax.default_backend() == "cpu":
-      return "blocked"
-    return "cudnn" if jax.default_backend() == "gpu" and sixteen_bit else "xla"
-  return name
+  if name != "auto":
+    return name
+  backend = jax.default_backend()
+  if backend == "cpu":
+    return "blocked"
+  sixteen_bit = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  return "cudnn" if backend == "gpu" and sixteen_bit else "xla"
 
 
 def _dense(features, dtype, name, std=0.02):
