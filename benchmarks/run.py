@@ -19,7 +19,6 @@ Batches are synthetic (uniform noise in [-1, 1]), so the input pipeline is not t
 
 import argparse
 import json
-import math
 import os
 import resource
 import statistics

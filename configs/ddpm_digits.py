@@ -37,6 +37,8 @@ def get_config():
   config.train.batch_size = 64
   config.train.log_every = 100
   config.train.checkpoint_every = 500
-  config.train.sample_every = 0
+  config.train.sample_every = 500  # a DDIM-50 preview grid (same noise every time); DDPM-1000 at the end
+  config.sample.preview_sampler = "ddim"
+  config.sample.preview_steps = 50
   config.train.num_samples = 64
   return config

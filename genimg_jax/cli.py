@@ -1,4 +1,4 @@
-"""`genimg train | sample | eval | data`: the command-line entry point.
+"""`genimg train | sample | eval | data | config | plot`: the command-line entry point.
 
 User errors (config, data, checkpoints) end with one line on stderr naming the
 field or file, and exit code 2; no traceback.
@@ -7,7 +7,7 @@ field or file, and exit code 2; no traceback.
 import argparse
 import sys
 
-from genimg_jax.errors import Preempted, UserError
+from genimg_jax.errors import ConfigError, Preempted, UserError
 
 SAMPLER_FLAGS = ("sampler", "steps", "eta")
 EVAL_FLAGS = ("metrics", "num_samples", "batch_size", "feature_net", "reference_split", "inception_weights")
@@ -19,10 +19,10 @@ def _add_sampler_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--eta", type=float, help="override config.sample.eta (DDIM)")
 
 
-def _override_sampler(config, args) -> None:
-  for field in SAMPLER_FLAGS:
-    if getattr(args, field) is not None:
-      config.sample[field] = getattr(args, field)
+def _add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--checkpoint", default="latest",
+                      help="latest (default), best (checkpoints_best/, kept with config.eval.best_metric) "
+                      "or a step number")
 
 
 def _distributed_flags() -> argparse.ArgumentParser:
@@ -51,16 +51,22 @@ def _parser() -> argparse.ArgumentParser:
   train.add_argument("--workdir", required=True, help="where checkpoints, logs and samples go")
   train.add_argument("--no_progress", action="store_true", help="no progress bar")
 
-  sample = sub.add_parser("sample", help="write a grid of samples from the latest checkpoint",
+  sample = sub.add_parser("sample", help="write samples of a run's checkpoint: a PNG grid, an .npz or PNG files",
                           parents=[distributed])
   sample.add_argument("--workdir", required=True)
-  sample.add_argument("--out", required=True, help="PNG file to write")
+  sample.add_argument("--out", required=True, help="grid.png (one grid), samples.npz (uint8 arr_0 [N, H, W, C], "
+                      "as FID tools read it) or a directory (one PNG per image)")
   sample.add_argument("--num", type=int, default=64, help="number of images")
   sample.add_argument("--seed", type=int, default=0)
+  sample.add_argument("--batch_size", type=int,
+                      help="images drawn at once (default: config.eval.batch_size, else train.batch_size)")
+  sample.add_argument("--labels", help="class-conditional models: comma-separated classes, taken in turn "
+                      "(0,1,... or 3), or 'all' (every class in turn, default)")
+  _add_checkpoint_flag(sample)
   _add_sampler_flags(sample)
 
   evaluate = sub.add_parser(
-      "eval", help="sample-quality and held-out metrics of the latest checkpoint (EMA params)",
+      "eval", help="sample-quality and held-out metrics of a checkpoint (EMA params)",
       epilog="Defaults come from the run's config.eval section. Writes WORKDIR/eval/eval_<step>.json.",
       parents=[distributed])
   evaluate.add_argument("--workdir", help="a `genimg train` workdir")
@@ -72,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--reference_split", help="the data split generated images are compared with")
   evaluate.add_argument("--inception_weights", help="the converted InceptionV3 .npz (see convert-inception)")
   evaluate.add_argument("--seed", type=int, default=0)
+  _add_checkpoint_flag(evaluate)
   _add_sampler_flags(evaluate)
   eval_sub = evaluate.add_subparsers(dest="eval_command")
   convert = eval_sub.add_parser("convert-inception", help="convert pytorch-fid's InceptionV3 .pth to a plain .npz "
@@ -88,55 +95,84 @@ def _parser() -> argparse.ArgumentParser:
   show.add_argument("--config", required=True)
   show.add_argument("--out", required=True, help="PNG file to write")
   show.add_argument("--num", type=int, default=64, help="number of images (from the first batches)")
+
+  config = sub.add_parser("config", help="look at a config as a run would resolve it")
+  config_sub = config.add_subparsers(dest="config_command", required=True)
+  config_show = config_sub.add_parser(
+      "show", help="print the resolved config, parameters per network, devices and per-device batch (no compile)",
+      epilog="Config fields can be overridden: --config.train.batch_size=128")
+  config_show.add_argument("--config", required=True)
+
+  plot = sub.add_parser("plot", help="plot a run's loss and evaluated metrics against the step (needs matplotlib)")
+  plot.add_argument("--workdir", required=True)
+  plot.add_argument("--out_dir", help="where the PNGs go (default: WORKDIR/plots)")
   return parser
 
 
 def _train(args, overrides) -> None:
+  from genimg_jax import api
   from genimg_jax import config as config_lib
-  from genimg_jax.train import runtime, trainer
 
-  config = config_lib.load(args.config, overrides)
-  runtime.setup(config)
-  trainer.train(config, args.workdir, show_progress=not args.no_progress)
+  api.train(config_lib.load(args.config, overrides), args.workdir, show_progress=not args.no_progress)
   print(f"done: {args.workdir}")
 
 
+def _given(args, flags) -> tuple[dict, dict]:
+  """({field: value}, {field: '--flag'}) of the flags among `flags` given on the command line."""
+  values = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
+  return values, {flag: f"--{flag}" for flag in values}
+
+
+def _load_run(args):
+  from genimg_jax import api
+  from genimg_jax.train import workdir
+
+  checkpoint = workdir.parse_checkpoint(args.checkpoint)
+  overrides, fields = _given(args, SAMPLER_FLAGS)
+  return api.Run.load(args.workdir, checkpoint, overrides, fields)
+
+
 def _sample(args) -> None:
+  import jax
+  import tqdm
+
   from genimg_jax import images
-  from genimg_jax.errors import ConfigError
-  from genimg_jax.train import runtime, steps, workdir
 
   if args.num <= 0:
     raise ConfigError("--num", f"must be > 0, got {args.num}")
-  config = workdir.read_config(args.workdir)
-  _override_sampler(config, args)
-  runtime.setup(config)
-  method, mesh, state, step = workdir.restore_latest(args.workdir, config)
-  samples = steps.sampler(method, mesh, args.num)(state.ema_params, steps.root_keys(args.seed)["sample"])
-  images.save_grid(args.out, samples)
-  print(f"{args.out}: {args.num} samples from step {step} ({config.sample.sampler}), seed {args.seed}")
+  if args.batch_size is not None and args.batch_size <= 0:
+    raise ConfigError("--batch_size", f"must be > 0, got {args.batch_size}")
+  try:
+    images.output_kind(args.out)
+  except ValueError as e:
+    raise ConfigError("--out", str(e)) from None
+  run = _load_run(args)
+  batches = run.sample_batches(args.num, args.seed, args.batch_size, run.classes(args.labels, "--labels"))
+  writing = jax.process_index() == 0  # Every process samples; process 0 writes.
+  sink = images.ImageSink(args.out, args.num) if writing else None
+  with tqdm.tqdm(total=args.num, unit="img", disable=not writing) as progress:
+    for batch in batches:
+      if sink:
+        sink.add(batch)
+      progress.update(len(batch))
+  if sink:
+    sink.close()
+  settings = " ".join(f"{k}={v}" for k, v in run.config.sample.items()) if "sample" in run.config else "-"
+  print(f"{args.out}: {args.num} samples from step {run.step} ({settings}), seed {args.seed}"
+        + (f", labels {args.labels}" if args.labels else ""))
 
 
 def _eval(args) -> None:
-  from genimg_jax.errors import ConfigError
   from genimg_jax.evaluation import suite
-  from genimg_jax.train import runtime, workdir
 
   if args.eval_command == "convert-inception":
     _convert_inception(args)
     return
   if not args.workdir:
     raise ConfigError("--workdir", "required: the workdir of a `genimg train` run")
-  config = workdir.read_config(args.workdir)
-  _override_sampler(config, args)
-  options, fields = suite.settings(config), {}
-  for flag in EVAL_FLAGS:
-    if getattr(args, flag) is not None:
-      options[flag], fields[flag] = getattr(args, flag), f"--{flag}"
-  suite.validate(config, options, fields)  # Before the checkpoint is read: fail fast.
-  runtime.setup(config)
-  method, mesh, state, step = workdir.restore_latest(args.workdir, config)
-  report = suite.Evaluator(config, method, mesh, options, args.seed, fields)(state.ema_params, step)
+  run = _load_run(args)
+  options, fields = _given(args, EVAL_FLAGS)
+  report = run.evaluate(args.seed, fields, **options)
   path = suite.write_report(args.workdir, report)
   print(suite.table(report))
   print(f"-> {path}")
@@ -149,6 +185,22 @@ def _convert_inception(args) -> None:
   out = args.out or inception_weights.default_path(datasets.resolve_data_dir(""))
   count = inception_weights.convert_pth(args.pth, out)
   print(f"{out}: {count} arrays of the FID InceptionV3 from {args.pth}")
+
+
+def _config(args, overrides) -> None:
+  from genimg_jax import config as config_lib
+  from genimg_jax.train import runtime, summary
+
+  config = config_lib.load(args.config, overrides)
+  runtime.setup(config)
+  print(summary.describe(config))
+
+
+def _plot(args) -> None:
+  from genimg_jax import plots
+
+  for path in plots.plot_run(args.workdir, args.out_dir):
+    print(path)
 
 
 def _data(args, overrides) -> None:
@@ -172,7 +224,6 @@ def _show(config, out: str, num: int) -> None:
 
   from genimg_jax import images
   from genimg_jax.data import datasets, pipeline
-  from genimg_jax.errors import ConfigError
 
   if num <= 0:
     raise ConfigError("--num", f"must be > 0, got {num}")
@@ -189,7 +240,7 @@ def _show(config, out: str, num: int) -> None:
 def main(argv: list[str] | None = None) -> int:
   parser = _parser()
   args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-  if args.command not in ("train", "data") and rest:
+  if args.command not in ("train", "data", "config") and rest:
     parser.error(f"unrecognized arguments: {' '.join(rest)}")
   from absl import flags, logging
 
@@ -208,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
       _sample(args)
     elif args.command == "data":
       _data(args, rest)
+    elif args.command == "config":
+      _config(args, rest)
+    elif args.command == "plot":
+      _plot(args)
     else:
       _eval(args)
   except UserError as e:

@@ -7,6 +7,7 @@ trains the tiny config and saves its final TrainState, flattened, to OUT.npz.
 
 import glob
 import os
+import re
 import struct
 import sys
 
@@ -48,6 +49,14 @@ def tiny_config(data_dir: str, steps: int = 20, seed: int = 0):
   from genimg_jax import config as config_lib
 
   return config_lib.load(DIGITS_CONFIG, tiny_args(data_dir, steps, seed))
+
+
+def readme_block(first_line: str, language: str = "python") -> str:
+  """The one fenced `language` block of README.md that starts with `first_line`."""
+  text = open(os.path.join(REPO, "README.md")).read()
+  blocks = re.findall(rf"```{language}\n({re.escape(first_line)}\n.*?)```", text, flags=re.S)
+  assert len(blocks) == 1, f"README must show one {language} block starting {first_line!r}"
+  return blocks[0]
 
 
 def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -121,7 +120,7 @@ def test_cli_train_sample_eval(data_dir, tmp_path):
   out = str(tmp_path / "grid.png")
   result = genimg("sample", "--workdir", workdir, "--num", "10", "--out", out, "--sampler", "uncached")
   assert result.returncode == 0, result.stderr
-  assert "10 samples from step 10 (uncached)" in result.stdout and os.path.isfile(out)
+  assert "10 samples from step 10 (sampler=uncached " in result.stdout and os.path.isfile(out)
 
   result = genimg("eval", "--workdir", workdir)
   assert result.returncode == 0, result.stderr

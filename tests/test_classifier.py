@@ -11,8 +11,9 @@ from helpers import tiny_config
 
 
 @pytest.fixture(scope="module")
-def digits16(data_dir):
-  config = tiny_config(data_dir)
+def digits16(tmp_path_factory):
+  # A data dir of its own: the classifier is cached there, and other modules may have trained it in theirs.
+  config = tiny_config(str(tmp_path_factory.mktemp("tfds_classifier")))
   config.unlock()
   config.data.image_size = 16  # The size the digits configs train at.
   return config.data

@@ -1,8 +1,5 @@
-"""`genimg` end to end in subprocesses: train, sample, eval, a user loss, and user errors."""
+"""`genimg` in subprocesses: user errors, data show and prepare (each family's runs: test_cli_families)."""
 
-import hashlib
-import json
-import math
 import os
 import re
 import subprocess
@@ -10,112 +7,12 @@ import sys
 
 import pytest
 
-from helpers import DIGITS_CONFIG, REPO, read_scalars, tiny_args
+from helpers import DIGITS_CONFIG, REPO
 
 
 def genimg(*args, cwd=REPO, env=None):
   return subprocess.run([sys.executable, "-m", "genimg_jax.cli", *args], cwd=cwd, capture_output=True,
                         text=True, env=dict(os.environ, **(env or {})))
-
-
-def _readme_loss_example() -> str:
-  text = open(os.path.join(REPO, "README.md")).read()
-  blocks = re.findall(r"```python\n(# my_losses\.py\n.*?)```", text, flags=re.S)
-  assert len(blocks) == 1, "README must show my_losses.py once"
-  return blocks[0]
-
-
-@pytest.fixture(scope="module")
-def run(data_dir, tmp_path_factory):
-  """A tiny CLI training run using the README's own loss, given by import path from the cwd."""
-  root = tmp_path_factory.mktemp("cli")
-  (root / "my_losses.py").write_text(_readme_loss_example())
-  workdir = str(root / "run")
-  result = genimg("train", "--config", DIGITS_CONFIG, "--workdir", workdir, "--no_progress",
-                  *tiny_args(data_dir, steps=10), "--config.loss.name=my_losses:weighted_eps_loss", cwd=root)
-  assert result.returncode == 0, result.stderr
-  return root, workdir
-
-
-def test_train_writes_the_workdir_with_the_user_loss(run):
-  _, workdir = run
-  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "config_history", "samples", "tensorboard"]
-  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["10"]
-  assert json.load(open(os.path.join(workdir, "config.json")))["loss"]["name"] == "my_losses:weighted_eps_loss"
-  scalars = read_scalars(workdir)
-  weights = [v for _, v in scalars["mean_weight"]]
-  assert len(weights) == 2 and all(0 < w <= 1 for w in weights)
-
-
-def test_sample_is_byte_identical_for_a_seed(run):
-  root, workdir = run
-  digests = {}
-  for name, seed, extra in [("a", 0, []), ("b", 0, []), ("c", 1, []),
-                            ("ddim", 0, ["--sampler", "ddim", "--steps", "50", "--eta", "0.5"]),
-                            ("ddpm", 0, ["--sampler", "ddpm"])]:
-    out = str(root / f"{name}.png")
-    result = genimg("sample", "--workdir", workdir, "--num", "16", "--seed", str(seed), "--out", out, *extra,
-                    cwd=root)
-    assert result.returncode == 0, result.stderr
-    assert "16 samples from step 10" in result.stdout
-    digests[name] = hashlib.sha256(open(out, "rb").read()).hexdigest()
-  assert digests["a"] == digests["b"]
-  assert len({digests[k] for k in ("a", "c", "ddim", "ddpm")}) == 4
-
-
-def test_eval_writes_every_requested_metric(run):
-  root, workdir = run
-  result = genimg("eval", "--workdir", workdir, "--metrics", "fid,kid,is,pr,bpd", "--num_samples", "40",
-                  "--batch_size", "16", cwd=root)
-  assert result.returncode == 0, result.stderr
-  report = json.load(open(os.path.join(workdir, "eval", "eval_0000010.json")))
-  assert report["step"] == 10 and sorted(report["metrics"]) == ["bpd", "fid", "is", "kid", "pr"]
-  results = report["metrics"]
-  for name in ("fid", "kid", "is", "pr"):
-    assert results[name]["feature_net"].startswith("classifier[digits train 8x8")
-    assert results[name]["num_samples"] == 40 and results[name]["seed"] == 0
-    assert results[name]["sampler"]["sampler"] == "ddim" and results[name]["sampler"]["steps"] == 5
-  assert results["fid"]["reference"] == "digits train 8x8 (1497 images)"
-  assert results["fid"]["value"] > 0 and results["kid"]["num_subsets"] == 100
-  assert 1 <= results["is"]["mean"] <= 10  # 10 classes.
-  assert 0 <= results["pr"]["precision"] <= 1 and 0 <= results["pr"]["recall"] <= 1
-  held = results["bpd"]
-  assert held["split"] == "test" and held["num_examples"] == 288 and 0 < held["loss"] < 10
-  parts = held["vlb_prior_bpd"] + held["vlb_diffusion_bpd"] + held["vlb_decoder_bpd"]
-  assert held["vlb_bpd"] == pytest.approx(parts, rel=1e-5) and 0 < held["vlb_bpd"] < 20
-  assert held["vlb_nats"] == pytest.approx(held["vlb_bpd"] * 64 * math.log(2), rel=1e-5)
-  table = result.stdout
-  assert "| fid |" in table and "| recall |" in table and "| vlb_bpd |" in table and "eval_0000010.json" in table
-
-
-def test_eval_without_inception_weights_says_how_to_get_them(run, tmp_path):
-  root, workdir = run
-  missing = str(tmp_path / "inception_v3_fid.npz")
-  result = genimg("eval", "--workdir", workdir, "--metrics", "fid", "--feature_net", "inception",
-                  "--inception_weights", missing, cwd=root)
-  assert result.returncode == 2 and "Traceback" not in result.stderr
-  line = result.stderr.strip()
-  assert len(line.splitlines()) == 1 and line.startswith(f"genimg: error: {missing}: ")
-  assert "pt_inception-2015-12-05-6726825d.pth" in line and "https://github.com/mseitzer/pytorch-fid" in line
-  assert f"genimg eval convert-inception --pth pt_inception-2015-12-05-6726825d.pth --out {missing}" in line
-
-
-def test_eval_rejects_an_unknown_metric_by_its_flag(run):
-  root, workdir = run
-  result = genimg("eval", "--workdir", workdir, "--metrics", "fid,nope", cwd=root)
-  assert result.returncode == 2 and result.stderr.startswith("genimg: error: --metrics: unknown metric(s) ['nope']")
-
-
-def test_train_resumes_in_the_same_workdir(run, data_dir):
-  root, workdir = run
-  result = genimg("train", "--config", DIGITS_CONFIG, "--workdir", workdir, "--no_progress",
-                  *tiny_args(data_dir, steps=15), "--config.loss.name=my_losses:weighted_eps_loss", cwd=root)
-  assert result.returncode == 0, result.stderr
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == ["10", "15"]
-  assert [s for s, _ in read_scalars(workdir)["loss"]] == [5, 10, 15]
-  history = sorted(os.listdir(os.path.join(workdir, "config_history")))
-  assert history == ["step_0000000.json", "step_0000010.json"]
-  assert json.load(open(os.path.join(workdir, "config_history", history[1])))["train"]["steps"] == 15
 
 
 @pytest.mark.parametrize("args,env,field", [

@@ -96,7 +96,7 @@ def test_ema_samples_change_and_get_closer_to_the_data(run):
 
 def test_checkpoint_restores_the_whole_gan_state(run):
   config, workdir, _, _, final, _ = run
-  _, _, restored, step = workdir_lib.restore_latest(workdir, config)
+  _, restored, step = workdir_lib.restore(workdir, config, methods.make(config))
   assert step == STEPS
   assert jax.tree.structure(restored) == jax.tree.structure(final)
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(final)):

@@ -94,7 +94,7 @@ def test_consecutive_nans_stop_the_run_and_keep_the_last_good_checkpoint(data_di
   assert "3 consecutive updates (steps 6-8)" in message and "last good checkpoint: step 5" in message
   assert e.value.exit_code == 3
   assert sorted(os.listdir(tmp_path / "checkpoints"), key=int) == ["5"]
-  _, _, restored, step = workdir_lib.restore_latest(str(tmp_path), config)
+  _, restored, step = workdir_lib.restore(str(tmp_path), config, methods.make(config))
   assert step == 5 and int(restored.step) == 5
 
 
@@ -208,7 +208,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(two_checkpoints, ca
   for path in files:  # Truncate the array data of the latest checkpoint.
     with open(path, "r+b") as f:
       f.truncate(os.path.getsize(path) // 2)
-  _, _, state, step = workdir_lib.restore_latest(str(workdir), config)
+  _, state, step = workdir_lib.restore(str(workdir), config, methods.make(config))
   assert step == 10 and int(state.step) == 10
   err = capsys.readouterr().err
   assert f"genimg: warning: {workdir}/checkpoints/20: unreadable checkpoint" in err
@@ -307,3 +307,34 @@ def test_debug_nans_names_the_first_bad_op(data_dir, tmp_path):
   # The injection casts a NaN literal into the batch: that cast is the first op with a NaN output.
   assert str(e.value) == "step 2: config.debug.nans: invalid value (nan) encountered in convert_element_type"
   assert not jax.config.jax_debug_nans
+
+
+def test_checkpointer_calls_no_deprecated_orbax_api(tmp_path, caplog):
+  """Orbax reports its deprecated calls as '/jax/orbax/deprecation/...' events and absl warnings."""
+  import grain
+  from genimg_jax.train import checkpoint as ckpt_lib
+
+  events = []
+  listener = lambda event, **kwargs: events.append(event)
+  jax.monitoring.register_event_listener(listener)
+  try:
+    with caplog.at_level("WARNING"):
+      state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.int32(3)}
+      iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
+      next(iterator)
+      checkpointer = ckpt_lib.Checkpointer(str(tmp_path), keep=2)
+      for step in (1, 2, 3):
+        checkpointer.save(step, state, iterator)
+      checkpointer.wait()
+      assert checkpointer.steps() == [2, 3]  # keep=2: the newest two.
+      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+      assert checkpointer.saved_shapes(3) == {"step": (), "w": (2, 3)}
+      fresh = iter(grain.MapDataset.range(10).to_iter_dataset())
+      restored = checkpointer.restore_latest(abstract, fresh)
+      checkpointer.close()
+  finally:
+    jax.monitoring.unregister_event_listener(listener)
+  assert restored.step == 3 and restored.data_restored and int(next(fresh)) == 1
+  np.testing.assert_array_equal(restored.state["w"], state["w"])
+  assert not [event for event in events if "deprecation" in event]
+  assert not [r.getMessage() for r in caplog.records if "deprecat" in r.getMessage().lower()]

@@ -115,3 +115,30 @@ def test_eight_devices_match_one_device(runs, data_dir, tmp_path):
     diff = np.sqrt(sum(np.sum((got[k].astype(np.float64) - one[k]) ** 2) for k in keys))
     norm = np.sqrt(sum(np.sum(one[k].astype(np.float64) ** 2) for k in keys))
     assert diff <= 1e-5 * norm, (part, diff / norm)
+
+
+def test_grids_preview_with_the_cheaper_sampler_and_end_with_the_configured_one(data_dir, tmp_path, monkeypatch):
+  """ddpm_digits previews with DDIM every train.sample_every steps; the last grid uses sample.sampler."""
+  built, calls = [], []
+  real = steps.sampler
+
+  def recording(method, mesh, batch_size, classes=None, sample_fn=None):
+    name = "preview" if sample_fn is not None and sample_fn is method.preview_sample else "sample"
+    built.append(name)
+    draw = real(method, mesh, batch_size, classes, sample_fn)
+
+    def call(params, key, start=0):
+      calls.append((name, np.asarray(key).tolist()))
+      return draw(params, key, start)
+
+    return call
+
+  monkeypatch.setattr(steps, "sampler", recording)
+  config = tiny_config(data_dir, steps=5)
+  config.unlock()
+  config.train.sample_every, config.sample.preview_sampler, config.sample.preview_steps = 2, "ddim", 3
+  trainer.train(config, str(tmp_path), show_progress=False)
+  sample_key = np.asarray(steps.root_keys(config.seed)["sample"]).tolist()
+  assert sorted(built) == ["preview", "sample"]
+  assert calls == [("preview", sample_key), ("preview", sample_key), ("sample", sample_key)]  # Steps 2, 4, 5.
+  assert sorted(os.listdir(tmp_path / "samples")) == [f"step_{s:07d}.png" for s in (2, 4, 5)]

@@ -72,7 +72,8 @@ def run(data_dir, tmp_path_factory):
 def trained(run):
   """(config, method, parts, EMA params of the trained run, eval batch of 64 images)."""
   workdir, config, _ = run
-  method, mesh, state, step = workdir_lib.restore_latest(workdir, config)
+  method = methods.make(config)
+  mesh, state, step = workdir_lib.restore(workdir, config, method)
   assert step == STEPS
   source = datasets.open_split(config.data, config.data.eval_split)
   batch = pipeline.eval_dataset(source, config.data, local_batch_size=64, process_index=0, process_count=1)[0]

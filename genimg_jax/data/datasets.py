@@ -6,6 +6,7 @@ Offline data sets are prepared on first use; catalog data sets that download are
 prepared ahead of training with `genimg data prepare`.
 """
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -182,7 +183,8 @@ def prepare(data: ml_collections.ConfigDict, download: bool = False) -> tfds.cor
   print(f"preparing data set {data.name!r} under {builder.data_dir} (once)", file=sys.stderr)
   tfds.disable_progress_bar()
   try:
-    builder.download_and_prepare()
+    with contextlib.redirect_stdout(sys.stderr):  # tfds prints its progress; stdout is the command's output.
+      builder.download_and_prepare()
   except DataError:
     _remove_partial(builder)
     raise

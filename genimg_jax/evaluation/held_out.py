@@ -20,8 +20,6 @@ def evaluate(config: ml_collections.ConfigDict, method: Method, mesh: Mesh, para
   partial batch is left out). Batch i uses key fold_in(key, i). Returns the
   averaged metrics plus 'num_examples' and 'split'.
   """
-  if method.eval_step is None:
-    raise ConfigError("config.method", f"method {config.method!r} has no eval_step")
   source = datasets.open_split(config.data, config.data.eval_split)
   batches = pipeline.eval_dataset(
       source, config.data, local_batch_size=mesh_lib.local_batch_size(config.train.batch_size, mesh),

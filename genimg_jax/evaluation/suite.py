@@ -6,7 +6,6 @@ samples, the reference split, the sampler settings and the seed.
 """
 
 import json
-import math
 import os
 
 import jax
@@ -91,13 +90,17 @@ def _sampler_settings(config: ml_collections.ConfigDict) -> dict:
 class Evaluator:
   """Evaluates parameters of one run; the feature network and reference are built on first use.
 
-  seed: generated batch i uses fold_in(root_keys(seed)['sample'], i); held-out
+  seed: generated image j uses fold_in(root_keys(seed)['sample'], j) (steps.sampler); held-out
   batches use root_keys(seed)['eval'] (see held_out.evaluate); KID subsets use seed.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, method: Method, mesh: Mesh,
                options: ml_collections.ConfigDict, seed: int, fields: dict[str, str] | None = None):
     self.metrics = validate(config, options, fields)
+    if "bpd" in self.metrics and method.eval_step is None:
+      raise ConfigError((fields or {}).get("metrics", "config.eval.metrics"),
+                        f"bpd needs a held-out likelihood, which the {config.method} method does not have; "
+                        f"choose from {', '.join(SAMPLE_METRICS)}")
     self.config, self.method, self.mesh, self.options, self.seed = config, method, mesh, options, seed
     self.batch_size = options.batch_size or config.train.batch_size
     self.local_batch = mesh_lib.local_batch_size(self.batch_size, mesh, (fields or {}).get(
@@ -123,8 +126,8 @@ class Evaluator:
     key = steps.root_keys(self.seed)["sample"]
     share = slice(jax.process_index() * self.local_batch, (jax.process_index() + 1) * self.local_batch)
     num = self.options.num_samples
-    batches = ((images_lib.float_to_uint8(self._sample(params, jax.random.fold_in(key, i)))[share], self.local_batch)
-               for i in range(math.ceil(num / self.batch_size)))
+    batches = ((images_lib.float_to_uint8(self._sample(params, key, start))[share], self.local_batch)
+               for start in range(0, num, self.batch_size))
     out = features.extract(self._extractor, batches, self.local_batch)
     return {name: value[:num] for name, value in out.items()}
 

@@ -75,8 +75,9 @@ def sample_labels(num: int, num_classes: int) -> jax.Array | None:
 def make(config: ml_collections.ConfigDict) -> Method:
   """Builds the autoregressive method's pure functions from a validated config.
 
-  sample(params, rng, num) draws with config.sample (sampler, temperature, top_k);
-  a class-conditional model gets the labels of `sample_labels` (classes in turn).
+  sample(params, rng, num, labels=None) draws with config.sample (sampler, temperature, top_k);
+  a class-conditional model gets `labels` [num] int32, by default those of `sample_labels`
+  (classes in turn).
   """
   _validate(config)
   model = make_model(config)
@@ -113,9 +114,10 @@ def make(config: ml_collections.ConfigDict) -> Method:
     _, metrics = loss_fn(params, batch, rng, ctx=eval_ctx)
     return metrics
 
-  def sample(params, rng, num):
+  def sample(params, rng, num, labels=None):
     s = config.sample
-    labels = sample_labels(num, config.model.num_classes)
+    if labels is None or not conditional:
+      labels = sample_labels(num, config.model.num_classes)
     if s.sampler == "cached":
       def decode_step(previous, position, cache):
         return model.apply({"params": params}, previous, labels, position, cache,
@@ -129,4 +131,4 @@ def make(config: ml_collections.ConfigDict) -> Method:
     return arl.tokens_to_image(tokens, image_shape)
 
   return Method(init=init, train_step=train_step, sample=sample, eval_step=eval_step,
-                image_shape=image_shape)
+                image_shape=image_shape, num_classes=config.model.num_classes)

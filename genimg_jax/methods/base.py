@@ -41,20 +41,30 @@ class Method:
   init(rng) -> TrainState.
   train_step(state, batch, rng) -> (state, metrics of scalars); batch["image"] is
     [B, H, W, C] float32 in [-1, 1].
-  sample(params, rng, num) -> [num, H, W, C] float32 images in [-1, 1]; `num` static.
+  sample(params, rng, num, labels=None) -> [num, H, W, C] float32 images in [-1, 1]; `num`
+    static; labels [num] int32 in [0, num_classes) for a class-conditional method (None:
+    class i % num_classes for image i), ignored by an unconditional one.
   eval_step(params, batch, rng) -> metrics of scalars averaged over the batch, or None.
   image_shape: (H, W, C) of the images it trains on and samples.
   image_grids(params, batch, rng) -> {name: [N, H, W, C] float32 in [-1, 1]}, or None:
     extra pictures of a fixed held-out batch (e.g. reconstructions), written next to
     the sample grids.
+  preview_sample: like `sample`, a cheaper sampler for the grids written while training
+    (e.g. DDIM-50 for a DDPM); None: `sample`.
+  num_classes: > 0 for a class-conditional method (it samples the classes it is given).
+  networks: the keys of `params` that are separately parameterised networks (a GAN's
+    generator and discriminator); empty when `params` is one network.
   """
 
   init: Callable[[jax.Array], TrainState]
   train_step: Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]
-  sample: Callable[[PyTree, jax.Array, int], jax.Array]
+  sample: Callable[..., jax.Array]
   eval_step: Callable[[PyTree, Batch, jax.Array], Metrics] | None
   image_shape: tuple[int, int, int]
   image_grids: Callable[[PyTree, Batch, jax.Array], dict[str, jax.Array]] | None = None
+  preview_sample: Callable[..., jax.Array] | None = None
+  num_classes: int = 0
+  networks: tuple[str, ...] = ()
 
 
 def optimizer_config() -> ml_collections.ConfigDict:

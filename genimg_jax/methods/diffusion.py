@@ -38,6 +38,9 @@ def default_config() -> ml_collections.ConfigDict:
           "eta": 0.0,  # DDIM noise scale
           "ddpm_variance": "beta_tilde",  # beta_tilde (fixedsmall) | beta (fixedlarge)
           "clip_x0": True,
+          # The grids written while training (train.sample_every): "" uses `sampler` and `steps`.
+          "preview_sampler": "",  # "" | ddpm | ddim
+          "preview_steps": 50,  # DDIM steps of the preview
       },
   })
 
@@ -64,6 +67,10 @@ def _validate(config) -> None:
   require(0.0 <= config.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
   require(s.sampler in samplers.SAMPLERS, "sample.sampler", f"must be one of {samplers.SAMPLERS}")
   require(1 <= s.steps <= d.num_timesteps, "sample.steps",
+          f"must be in [1, diffusion.num_timesteps={d.num_timesteps}]")
+  require(s.preview_sampler in ("",) + samplers.SAMPLERS, "sample.preview_sampler",
+          f"must be '' (the sampler's own) or one of {samplers.SAMPLERS}")
+  require(1 <= s.preview_steps <= d.num_timesteps, "sample.preview_steps",
           f"must be in [1, diffusion.num_timesteps={d.num_timesteps}]")
   require(s.eta >= 0.0, "sample.eta", "must be >= 0")
   require(s.ddpm_variance in samplers.DDPM_VARIANCES, "sample.ddpm_variance",
@@ -121,18 +128,26 @@ def make(config: ml_collections.ConfigDict) -> Method:
       metrics[name] = jnp.mean(dl.nats_to_bits_per_dim(bound[part], num_dims))
     return metrics
 
-  def sample(params, rng, num):
-    def predict(x_t, t):
-      return dl.to_x0_and_eps(d.prediction, schedule, denoise_eval(params, x_t, t, None), x_t, t)
+  s = config.sample
 
-    s = config.sample
-    shape = (num,) + image_shape
-    if s.sampler == "ddpm":
-      x = samplers.ddpm(predict, schedule, rng, shape, variance=s.ddpm_variance, clip_x0=s.clip_x0)
-    else:
-      x = samplers.ddim(predict, schedule, rng, shape, num_steps=s.steps, eta=s.eta,
-                        clip_x0=s.clip_x0)
-    return jnp.clip(x, -1.0, 1.0)
+  def make_sample(sampler: str, num_steps: int):
+    """sample(params, rng, num, labels=None) with `sampler` (ddpm | ddim over `num_steps`)."""
 
-  return Method(init=init, train_step=train_step, sample=sample, eval_step=eval_step,
-                image_shape=image_shape)
+    def sample(params, rng, num, labels=None):
+      del labels  # Unconditional.
+
+      def predict(x_t, t):
+        return dl.to_x0_and_eps(d.prediction, schedule, denoise_eval(params, x_t, t, None), x_t, t)
+
+      shape = (num,) + image_shape
+      if sampler == "ddpm":
+        x = samplers.ddpm(predict, schedule, rng, shape, variance=s.ddpm_variance, clip_x0=s.clip_x0)
+      else:
+        x = samplers.ddim(predict, schedule, rng, shape, num_steps=num_steps, eta=s.eta, clip_x0=s.clip_x0)
+      return jnp.clip(x, -1.0, 1.0)
+
+    return sample
+
+  preview = make_sample(s.preview_sampler, s.preview_steps) if s.preview_sampler else None
+  return Method(init=init, train_step=train_step, sample=make_sample(s.sampler, s.steps), eval_step=eval_step,
+                image_shape=image_shape, preview_sample=preview)

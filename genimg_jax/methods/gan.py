@@ -69,6 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
       "d_optimizer": gan_optimizer.copy_and_resolve_references(),
       "ema": {"decay": 0.999},
       "sample": {"sampler": "generator"},  # one forward pass of the EMA generator
+      "eval": {"metrics": "fid"},  # no held-out likelihood (bpd): sample quality only
   })
 
 
@@ -147,7 +148,7 @@ class Updates:
     generator on B fresh fakes, then the EMA generator.
   train_step(state, batch, rng) -> (state, metrics): n_critic discriminator updates, then
     one generator update; batch["image"] is [n_critic * B, H, W, C].
-  sample(ema variables, rng, num) -> [num, H, W, C] float32 in [-1, 1].
+  sample(ema variables, rng, num, labels=None) -> [num, H, W, C] float32 in [-1, 1].
   """
 
   init: Callable
@@ -284,10 +285,11 @@ def make_updates(config: ml_collections.ConfigDict) -> Updates:
     metrics = dict(d_metrics, **g_metrics, loss=d_metrics["d_loss"])
     return state.replace(step=state.step + 1), metrics
 
-  def sample(params, rng, num):
-    """Class i % num_classes for sample i when conditional."""
+  def sample(params, rng, num, labels=None):
+    """labels [num] int32 (default: class i % num_classes for sample i; zeros when unconditional)."""
     z, _ = latents(rng, num)
-    labels = jnp.arange(num, dtype=jnp.int32) % max(m.num_classes, 1)
+    if labels is None or not m.num_classes:
+      labels = jnp.arange(num, dtype=jnp.int32) % max(m.num_classes, 1)
     images = generator.apply(params, z, labels, train=False)
     return jnp.clip(images.astype(jnp.float32), -1.0, 1.0)
 
@@ -300,4 +302,5 @@ def make(config: ml_collections.ConfigDict) -> Method:
   _validate(config)
   updates = make_updates(config)
   return Method(init=updates.init, train_step=updates.train_step, sample=updates.sample, eval_step=None,
-                image_shape=(config.data.image_size, config.data.image_size, config.data.channels))
+                image_shape=(config.data.image_size, config.data.image_size, config.data.channels),
+                num_classes=config.model.num_classes, networks=("generator", "discriminator"))

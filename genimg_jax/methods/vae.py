@@ -213,7 +213,8 @@ def make(config: ml_collections.ConfigDict) -> Method:
             "recon_nats": -jnp.mean(log_likelihood), "kl_nats": jnp.sum(kl) / x.shape[0],
             "iwae_nll_nats": -jnp.mean(iwae), "iwae_bpd": to_bpd(-jnp.mean(iwae))}
 
-  def sample(params, rng, num):
+  def sample(params, rng, num, labels=None):
+    del labels  # Unconditional.
     latent_rng, pixel_rng = jax.random.split(rng)
     z = jax.random.normal(latent_rng, (num,) + parts.latent_shape)
     return parts.to_images(parts.decode(params, z), pixel_rng)

@@ -15,6 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from genimg_jax.errors import CheckpointError, warn
+from genimg_jax.files import atomic_open
 from genimg_jax.train import distributed
 
 
@@ -48,6 +49,11 @@ def describe_mismatch(saved: dict[str, tuple], expected: dict[str, tuple], limit
   return "; ".join(problems[:limit]) + more
 
 
+def _first_line(error: Exception) -> str:
+  """'Type: the first line of the message', at most 200 characters of it."""
+  return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+
+
 class Restored(NamedTuple):
   """A restored checkpoint: the state, its step, and whether the data iterator's position was restored."""
 
@@ -69,12 +75,17 @@ class Checkpointer:
     if not create and not os.path.isdir(self.directory):
       raise CheckpointError(self.directory, "no checkpoint found (the directory does not exist)")
     distributed.barrier(f"checkpointer {self.directory}")  # Orbax's own syncs are gloo collectives.
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
+      registry.add("state", args, ocp.StandardCheckpointHandler)
+    for args in (grain.checkpoint.CheckpointSave, grain.checkpoint.CheckpointRestore):
+      registry.add("data", args, grain.checkpoint.CheckpointHandler)
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
-                                             enable_async_checkpointing=True),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+        options=ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=create,
+            enable_async_checkpointing=True),
+        handler_registry=registry)
 
   def save(self, step: int, state, data_iterator) -> None:
     self._manager.save(step, args=ocp.args.Composite(
@@ -84,10 +95,13 @@ class Checkpointer:
     """Blocks until pending asynchronous saves are on disk."""
     self._manager.wait_until_finished()
 
+  def saved_shapes(self, step: int) -> dict[str, tuple]:
+    """{path ('params/...', 'opt_state/...'): shape} of the state saved at `step`, read from its metadata."""
+    return _shapes(self._manager.metadata(step).item_metadata["state"])
+
   def _check_shapes(self, step: int, abstract_state) -> None:
     """Raises CheckpointError listing differing paths if the checkpoint does not fit the config."""
-    saved = _shapes(self._manager.item_metadata(step)["state"])
-    mismatch = describe_mismatch(saved, _shapes(abstract_state))
+    mismatch = describe_mismatch(self.saved_shapes(step), _shapes(abstract_state))
     if mismatch:
       raise CheckpointError(os.path.join(self.directory, str(step)),
                             f"the checkpoint does not match the configured model or optimizer: {mismatch}")
@@ -112,13 +126,30 @@ class Checkpointer:
     state = self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
     return Restored(state, step, data_restored)
 
+  def steps(self) -> list[int]:
+    """The steps of the complete checkpoints, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def restore_step(self, step: int, abstract_state) -> "Restored":
+    """The state at `step` (see `restore`); a CheckpointError names the directory and the saved steps
+    when there is no such checkpoint, and the checkpoint when it cannot be read."""
+    path = os.path.join(self.directory, str(step))
+    if step not in self.steps():
+      raise CheckpointError(path, f"no checkpoint of step {step}; saved steps: {self.steps() or 'none'}")
+    try:
+      return self.restore(step, abstract_state)
+    except CheckpointError:
+      raise
+    except Exception as e:  # Corrupt files fail in many ways (OSError, ValueError, tensorstore).
+      raise CheckpointError(path, f"unreadable checkpoint ({_first_line(e)})") from None
+
   def restore_latest(self, abstract_state, data_iterator=None) -> "Restored | None":
     """The newest readable checkpoint (see `restore`), or None if there is none.
 
     An unreadable checkpoint is moved aside (`<step>.corrupt`) with a warning and
     the next older one is tried; a shape mismatch is a CheckpointError instead.
     """
-    steps = sorted(self._manager.all_steps(), reverse=True)
+    steps = self.steps()[::-1]
     for step in steps:
       path = os.path.join(self.directory, str(step))
       try:
@@ -127,7 +158,7 @@ class Checkpointer:
         raise
       except Exception as e:  # Corrupt files fail in many ways (OSError, ValueError, tensorstore).
         moved = self._quarantine(step)
-        warn(path, f"unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+        warn(path, f"unreadable checkpoint ({_first_line(e)}); "
              f"moved to {moved}, trying an older one")
     if steps:
       raise CheckpointError(self.directory, f"no readable checkpoint: steps {steps} are all corrupt "
@@ -178,9 +209,8 @@ class BestCheckpoint:
     self._checkpointer.wait()  # best.json never names a checkpoint still being written.
     self.value, self.step = float(value), step
     if jax.process_index() == 0:
-      with open(self._record + ".tmp", "w") as f:
+      with atomic_open(self._record) as f:
         json.dump({"metric": self.metric, "value": self.value, "step": step}, f)
-      os.replace(self._record + ".tmp", self._record)
     return True
 
   def close(self) -> None:

@@ -85,18 +85,36 @@ def jit_eval_step(method: Method, mesh: Mesh):
       out_shardings=mesh_lib.replicated(mesh)), "eval step")
 
 
-def sampler(method: Method, mesh: Mesh, num: int):
-  """Returns f(params, key) -> numpy [num, H, W, C] float32 in [-1, 1], on every process.
+def sampler(method: Method, mesh: Mesh, batch_size: int, classes: Sequence[int] | None = None,
+            sample_fn=None):
+  """Returns f(params, key, start) -> numpy [batch_size, H, W, C] float32 in [-1, 1], on every process:
+  images start, ..., start + batch_size - 1 of the stream that `key` defines.
 
-  Sampling is split over the devices when `num` divides evenly, else replicated.
+  Image j is drawn on its own with key fold_in(key, j) (`sample_fn`, default
+  method.sample, vmapped over per-image keys), so it is the same whatever the batch
+  size or the device count, up to float rounding. A class-conditional method asks image
+  j for class classes[j % len(classes)]; by default classes are 0, ..., num_classes - 1.
+  The batch is split over the devices when batch_size divides evenly, else replicated.
   """
-  out = mesh_lib.batch_sharding(mesh) if num % mesh.devices.size == 0 else mesh_lib.replicated(mesh)
-  fn = distributed.CompiledTogether(jax.jit(on_mesh(lambda params, key: method.sample(params, key, num), mesh),
-                                            out_shardings=out),
-                                    "sampler")
+  sample_fn = sample_fn or method.sample
+  classes = np.arange(method.num_classes) if classes is None else np.asarray(classes)
+  sharded = batch_size % mesh.devices.size == 0
+  out = mesh_lib.batch_sharding(mesh) if sharded else mesh_lib.replicated(mesh)
 
-  def run(params, key) -> np.ndarray:
-    return np.asarray(multihost_utils.process_allgather(fn(params, key), tiled=True))
+  def draw(params, key, start):
+    index = start + jnp.arange(batch_size, dtype=jnp.int32)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
+    if sharded:
+      keys = jax.lax.with_sharding_constraint(keys, out)
+    if not method.num_classes:
+      return jax.vmap(lambda k: sample_fn(params, k, 1)[0])(keys)
+    labels = jnp.asarray(classes, jnp.int32)[index % len(classes)]
+    return jax.vmap(lambda k, label: sample_fn(params, k, 1, label[None])[0])(keys, labels)
+
+  fn = distributed.CompiledTogether(jax.jit(on_mesh(draw, mesh), out_shardings=out), "sampler")
+
+  def run(params, key, start: int = 0) -> np.ndarray:
+    return np.asarray(multihost_utils.process_allgather(fn(params, key, jnp.int32(start)), tiled=True))
 
   return run
 

@@ -4,6 +4,7 @@ Sections: set-up (mesh, method, data, state) / the loop (jitted step, logs,
 checkpoints, sample grids, stop requests) / tear-down.
 """
 
+import os
 import sys
 import time
 
@@ -79,19 +80,27 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
     last_checkpoint = None
   else:
     state, last_checkpoint = restored.state, restored.step
-    if not restored.data_restored:  # Written by another number of processes: position from the step.
-      data_iter = data_stream(restored.step)
-      if jax.process_index() == 0:
-        print(f"checkpoint {restored.step} was written by another number of processes: the data stream "
-              f"continues at global batch {restored.step + 1}", file=sys.stderr)
   start = int(state.step)
+  if jax.process_index() == 0:
+    print(f"resuming from step {start} ({os.path.join(checkpointer.directory, str(start))})" if restored is not None
+          else f"starting from scratch in {workdir}", flush=True)
+  if restored is not None and not restored.data_restored:
+    # Written by another number of processes: the position follows from the step.
+    data_iter = data_stream(restored.step)
+    if jax.process_index() == 0:
+      print(f"checkpoint {restored.step} was written by another number of processes: the data stream "
+            f"continues at global batch {restored.step + 1}", file=sys.stderr)
   workdir_lib.write_config(workdir, config, start)
   writer = RunWriter(workdir)
 
   debug_nans = config.debug.nans  # Keeps the pre-step state to re-run a bad step op by op.
   train_step = steps.jit_train_step(method, mesh, state_sharding, config.debug.inject_nan_at_steps,
                                     donate=not debug_nans)
+  # Grids show the same images (keys) every time, so successive steps compare; the periodic ones
+  # may use the method's cheaper preview sampler, the last one uses its sampler.
   sample = steps.sampler(method, mesh, config.train.num_samples)
+  preview = (steps.sampler(method, mesh, config.train.num_samples, sample_fn=method.preview_sample)
+             if method.preview_sample else sample)
   monitor = guards.NonFiniteMonitor(config.train.max_consecutive_nonfinite)
   total = config.train.steps
 
@@ -146,12 +155,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
                           f"{checkpointer.directory}/{step}; run the same command to resume")
 
         if (config.train.sample_every and step % config.train.sample_every == 0) or last:
-          images = sample(state.ema_params, jax.random.fold_in(keys["sample"], step))
+          images = (sample if last else preview)(state.ema_params, keys["sample"])
           path = writer.samples(step, images)
           if path:
             progress.write(f"step {step}: samples -> {path}")
           if grids:
-            for name, pictures in grids(state.ema_params, jax.random.fold_in(keys["eval"], step)).items():
+            for name, pictures in grids(state.ema_params, keys["eval"]).items():
               writer.grid(name, step, pictures)
 
         if evaluator and (step % eval_options.every == 0 or last):

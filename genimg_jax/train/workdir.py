@@ -6,8 +6,9 @@ import jax
 import ml_collections
 
 from genimg_jax import config as config_lib
-from genimg_jax import methods
-from genimg_jax.errors import CheckpointError
+from genimg_jax.methods.base import Method
+from genimg_jax.errors import CheckpointError, ConfigError
+from genimg_jax.files import atomic_open
 from genimg_jax.train import checkpoint as ckpt_lib
 from genimg_jax.train import mesh as mesh_lib
 from genimg_jax.train import steps
@@ -31,9 +32,8 @@ def write_config(workdir: str, config: ml_collections.ConfigDict, start_step: in
   workdir/config_history/step_<start_step>.json for this run segment (process 0 only)."""
   if jax.process_index() == 0:
     text = config_lib.to_json(config)
-    os.makedirs(os.path.join(workdir, "config_history"), exist_ok=True)
     for path in (config_path(workdir), os.path.join(workdir, "config_history", f"step_{start_step:07d}.json")):
-      with open(path, "w") as f:
+      with atomic_open(path) as f:
         f.write(text)
 
 
@@ -56,17 +56,41 @@ def abstract_state(method, mesh, fsdp_min_size: int):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
 
-def restore_latest(workdir: str, config: ml_collections.ConfigDict):
-  """(method, mesh, state, step) from the newest checkpoint of a run; for sampling and eval."""
-  method = methods.make(config)
+def parse_checkpoint(text: str, field: str = "--checkpoint") -> str | int:
+  """'latest' | 'best' | a step number (int >= 0); ConfigError naming `field` otherwise."""
+  if text in ("latest", "best"):
+    return text
+  if text.isdigit():
+    return int(text)
+  raise ConfigError(field, f"{text!r} is not latest, best or a step number")
+
+
+def restore(workdir: str, config: ml_collections.ConfigDict, method: Method, checkpoint: str | int = "latest"):
+  """(mesh, state, step) of a run's checkpoint of `method` (methods.make(config)), for sampling and eval.
+
+  checkpoint: 'latest' (the newest readable one in checkpoints/), 'best' (checkpoints_best/,
+  kept with config.eval.best_metric) or a step number in checkpoints/. A CheckpointError names
+  the directory when there is none.
+  """
   # The run's fsdp size where this machine's devices allow it, else replicated parameters.
   fsdp = config.mesh.fsdp if jax.device_count() % config.mesh.fsdp == 0 else 1
   mesh = mesh_lib.make_mesh(fsdp)
-  checkpointer = ckpt_lib.Checkpointer(checkpoint_dir(workdir), config.train.keep_checkpoints, create=False)
+  abstract = abstract_state(method, mesh, config.mesh.fsdp_min_size)
+  directory = best_checkpoint_dir(workdir) if checkpoint == "best" else checkpoint_dir(workdir)
+  if checkpoint == "best" and not os.path.isdir(directory):
+    raise CheckpointError(directory, "no best checkpoint: it is kept by a run trained with "
+                          "--config.eval.every=N --config.eval.best_metric=NAME")
+  checkpointer = ckpt_lib.Checkpointer(directory, config.train.keep_checkpoints, create=False)
   try:
-    restored = checkpointer.restore_latest(abstract_state(method, mesh, config.mesh.fsdp_min_size))
+    if checkpoint == "latest":
+      restored = checkpointer.restore_latest(abstract)
+    elif checkpoint == "best":
+      saved = checkpointer.steps()
+      restored = checkpointer.restore_step(saved[-1], abstract) if saved else None
+    else:
+      restored = checkpointer.restore_step(checkpoint, abstract)
   finally:
     checkpointer.close()
   if restored is None:
-    raise CheckpointError(checkpoint_dir(workdir), "no checkpoint found")
-  return method, mesh, restored.state, restored.step
+    raise CheckpointError(directory, "no checkpoint found")
+  return mesh, restored.state, restored.step
