@@ -48,7 +48,7 @@ def measure(name: str, batch_size: int, windows: int, batches_per_window: int, i
   import numpy as np
 
   from genimg_jax.evaluation import features
-  from genimg_jax.train import mesh as mesh_lib
+  from genimg_jax.parallel import mesh as mesh_lib
 
   net, shape, description = _net(name, inception_input)
   mesh = mesh_lib.make_mesh()

@@ -139,16 +139,17 @@ def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int
   import jax
   import jax.numpy as jnp
 
-  from genimg_jax import methods
-  from genimg_jax.train import mesh as mesh_lib
-  from genimg_jax.train import runtime, steps
+  from genimg_jax import methods, seeds
+  from genimg_jax.parallel import mesh as mesh_lib
+  from genimg_jax.parallel import runtime
+  from genimg_jax.train import steps
 
   config = load_config(name, overrides)
   batch_size = config.train.batch_size
   runtime.setup(config)
   method = methods.make(config)
   mesh = mesh_lib.make_mesh()
-  keys = steps.root_keys(0)
+  keys = seeds.root_keys(0)
   state = jax.jit(method.init, out_shardings=mesh_lib.replicated(mesh))(keys["init"])
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   batch = mesh_lib.to_global({

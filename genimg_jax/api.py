@@ -9,17 +9,19 @@ The `genimg` commands are thin wrappers of these:
   report = run.evaluate(metrics="fid,bpd", num_samples=1000)
 """
 
+import functools
 from typing import Any, Iterator, Mapping, Sequence
 
 import ml_collections
 import numpy as np
 
 from genimg_jax import config as config_lib
-from genimg_jax import methods
+from genimg_jax import methods, seeds
 from genimg_jax.errors import ConfigError
 from genimg_jax.evaluation import suite
 from genimg_jax.methods.base import Method, TrainState
-from genimg_jax.train import runtime, steps, trainer, workdir as workdir_lib
+from genimg_jax.parallel import functions, runtime
+from genimg_jax.train import trainer, workdir as workdir_lib
 
 def load_config(path: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
   """A config file with dotted overrides, {"train.steps": 100, "model.ch_mult": (1, 2)}, checked like
@@ -28,13 +30,15 @@ def load_config(path: str, overrides: Mapping[str, Any] | None = None) -> ml_col
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: bool = True) -> TrainState:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final state.
+  """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluating every
+  config.eval.every steps when that is set; returns the final state.
 
   Sets up JAX for the config first (runtime.setup: the CPU device count, partitionable
   threefry), which takes effect only before the process's first JAX computation.
   """
   runtime.setup(config)
-  return trainer.train(config, workdir, show_progress=show_progress)
+  return trainer.train(config, workdir, show_progress=show_progress,
+                       make_evaluation=functools.partial(suite.TrainingEvaluation, config, workdir))
 
 
 class Run:
@@ -93,8 +97,8 @@ class Run:
     fold_in(sample key of `seed`, i), so the images do not depend on batch_size; a
     class-conditional method asks image i for labels[i % len(labels)] (default 'all')."""
     batch_size = min(batch_size or self.default_batch_size(), num)
-    draw = steps.sampler(self.method, self.mesh, batch_size, self.classes(labels))
-    key = steps.root_keys(seed)["sample"]
+    draw = functions.sampler(self.method, self.mesh, batch_size, self.classes(labels))
+    key = seeds.root_keys(seed)["sample"]
     for start in range(0, num, batch_size):
       yield draw(self.state.ema_params, key, start)[:num - start]
 

@@ -26,7 +26,7 @@ def _add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _distributed_flags() -> argparse.ArgumentParser:
-  """Flags to join a multi-process run (genimg_jax.train.distributed); automatic on TPU pods and SLURM."""
+  """Flags to join a multi-process run (genimg_jax.parallel.distributed); automatic on TPU pods and SLURM."""
   flags = argparse.ArgumentParser(add_help=False)
   group = flags.add_argument_group("multi-process runs (automatic on TPU pod slices, SLURM and Open MPI)")
   group.add_argument("--coordinator_address", help="HOST:PORT of process 0")
@@ -189,7 +189,8 @@ def _convert_inception(args) -> None:
 
 def _config(args, overrides) -> None:
   from genimg_jax import config as config_lib
-  from genimg_jax.train import runtime, summary
+  from genimg_jax.parallel import runtime
+  from genimg_jax.train import summary
 
   config = config_lib.load(args.config, overrides)
   runtime.setup(config)
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
   logging.set_verbosity(logging.ERROR)  # tfds and orbax are chatty at INFO/WARNING.
   try:
     if args.command in ("train", "sample", "eval"):
-      from genimg_jax.train import distributed
+      from genimg_jax.parallel import distributed
 
       distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                              heartbeat_timeout_s=args.heartbeat_timeout_s,

@@ -18,7 +18,7 @@ def main(record_dir: str, *cli_args: str) -> int:
   import jax
 
   from genimg_jax import cli
-  from genimg_jax.train import mesh as mesh_lib
+  from genimg_jax.parallel import mesh as mesh_lib
 
   labels, checksums = [], []
   to_global = mesh_lib.to_global

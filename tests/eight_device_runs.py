@@ -19,7 +19,8 @@ import numpy as np
 def main(data_dir: str, out_dir: str, resume_workdir: str) -> None:
   import jax
 
-  from genimg_jax.train import runtime, trainer
+  from genimg_jax.parallel import runtime
+  from genimg_jax.train import trainer
   from helpers import flat_params, tiny_config
 
   assert jax.device_count() == 8, jax.devices()

@@ -84,7 +84,8 @@ def flat_params(tree) -> dict[str, np.ndarray]:
 
 
 def main(data_dir: str, workdir: str, out: str, steps: str) -> None:
-  from genimg_jax.train import runtime, trainer
+  from genimg_jax.parallel import runtime
+  from genimg_jax.train import trainer
 
   config = tiny_config(data_dir, steps=int(steps))
   runtime.setup(config)

@@ -14,7 +14,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
-from genimg_jax.train import distributed  # noqa: E402
+from genimg_jax.parallel import distributed  # noqa: E402
 
 if __name__ == "__main__":
   port, process_id, late_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])

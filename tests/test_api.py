@@ -11,6 +11,7 @@ from genimg_jax.errors import ConfigError
 from helpers import DIGITS_CONFIG, REPO, readme_block, tiny_config
 
 
+@pytest.mark.slow
 def test_readme_python_block_runs(data_dir, tmp_path):
   (tmp_path / "configs").symlink_to(os.path.join(REPO, "configs"))
   script = tmp_path / "from_python.py"

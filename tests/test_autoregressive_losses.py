@@ -10,6 +10,7 @@ from scipy.special import logsumexp
 
 from genimg_jax import images
 from genimg_jax.losses import autoregressive as arl
+from genimg_jax.losses import likelihoods
 from genimg_jax.methods import autoregressive_sampling as sampling
 
 
@@ -38,7 +39,7 @@ def test_uniform_logits_give_exactly_8_bits_per_dim():
   for logits in (jnp.zeros((3, 50, 256)), jnp.full((3, 50, 256), 7.5)):
     nats = arl.nats_per_dim(logits, tokens)
     np.testing.assert_allclose(nats, math.log(256), rtol=1e-6)
-    np.testing.assert_allclose(arl.bits_per_dim(nats), 8.0, rtol=1e-6)
+    np.testing.assert_allclose(likelihoods.bits_per_dim(nats), 8.0, rtol=1e-6)
 
 
 def test_nll_matches_float64_reference():
@@ -50,7 +51,7 @@ def test_nll_matches_float64_reference():
   got = arl.nats_per_dim(jnp.asarray(logits), jnp.asarray(tokens))
   assert got.dtype == jnp.float32 and got.shape == (4,)
   np.testing.assert_allclose(got, reference, rtol=1e-6)
-  np.testing.assert_allclose(arl.bits_per_dim(got), reference / np.log(2), rtol=1e-6)
+  np.testing.assert_allclose(likelihoods.bits_per_dim(got), reference / np.log(2), rtol=1e-6)
 
 
 def test_nll_loss_metrics_and_gradient_closed_form():

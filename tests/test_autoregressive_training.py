@@ -14,7 +14,7 @@ from genimg_jax import images, methods
 from genimg_jax.data import datasets, digits, pipeline
 from genimg_jax.errors import ConfigError
 from genimg_jax.evaluation import held_out
-from genimg_jax.train import mesh as mesh_lib
+from genimg_jax.parallel import mesh as mesh_lib
 from genimg_jax.train import steps
 from helpers import REPO, read_scalars
 
@@ -109,6 +109,7 @@ def genimg(*args):
   return subprocess.run([sys.executable, "-m", "genimg_jax.cli", *args], cwd=REPO, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_train_sample_eval(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   result = genimg("train", "--config", IGPT_DIGITS, "--workdir", workdir, "--no_progress",
@@ -130,6 +131,7 @@ def test_cli_train_sample_eval(data_dir, tmp_path):
   assert 0 < metrics["bits_per_dim"] < 8.0
 
 
+@pytest.mark.slow
 def test_cli_bad_value_is_one_line_naming_the_field(tmp_path):
   result = genimg("train", "--config", IGPT_DIGITS, "--workdir", str(tmp_path / "run"),
                   "--config.model.num_heads=5")

@@ -10,6 +10,8 @@ import pytest
 
 from helpers import REPO
 
+pytestmark = pytest.mark.slow  # Subprocesses: `pytest -m "not slow"` leaves them out.
+
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from helpers import DIGITS_CONFIG, REPO
 
+pytestmark = pytest.mark.slow  # Subprocesses: `pytest -m "not slow"` leaves them out.
+
 
 def genimg(*args, cwd=REPO, env=None):
   return subprocess.run([sys.executable, "-m", "genimg_jax.cli", *args], cwd=cwd, capture_output=True,

@@ -21,6 +21,8 @@ import pytest
 from genimg_jax.train.checkpoint import Checkpointer
 from helpers import REPO, TINY_OVERRIDES, read_scalars, readme_block
 
+pytestmark = pytest.mark.slow  # Subprocesses: `pytest -m "not slow"` leaves them out.
+
 # Four steps in two runs of two: checkpoints, logs and sample grids at steps 2 and 4.
 COMMON = {"train.log_every": 2, "train.checkpoint_every": 2, "train.num_samples": 4, "eval.num_samples": 20,
           "eval.batch_size": 10}

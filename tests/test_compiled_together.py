@@ -1,5 +1,6 @@
 """distributed.CompiledTogether: processes that reach a collective far apart still meet."""
 
+import pytest
 import os
 import socket
 import subprocess
@@ -8,8 +9,10 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from genimg_jax.train import distributed
+from genimg_jax.parallel import distributed
 from helpers import REPO
+
+pytestmark = pytest.mark.slow  # Subprocesses: `pytest -m "not slow"` leaves them out.
 
 LOWERING_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 

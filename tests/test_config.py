@@ -87,7 +87,7 @@ def test_json_round_trip():
 
 
 def test_runtime_sets_gpu_determinism_flag_once(monkeypatch):
-  from genimg_jax.train import runtime
+  from genimg_jax.parallel import runtime
 
   config = config_lib.load(DIGITS_CONFIG, [])
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
@@ -109,18 +109,19 @@ def test_runtime_sets_gpu_determinism_flag_once(monkeypatch):
     ([], 2, 2),  # the default: one per core
 ])
 def test_cpu_device_count(overrides, cores, expected):
-  from genimg_jax.train import runtime
+  from genimg_jax.parallel import runtime
 
   config = config_lib.load(DIGITS_CONFIG, overrides)
   assert runtime.cpu_device_count(config, num_cores=cores) == expected
 
 
+@pytest.mark.slow
 def test_by_default_a_new_process_gets_one_device_per_core():
   import subprocess
   import sys
 
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-  code = ("import jax; from genimg_jax import config as c; from genimg_jax.train import runtime; "
+  code = ("import jax; from genimg_jax import config as c; from genimg_jax.parallel import runtime; "
           f"runtime.setup(c.load({DIGITS_CONFIG!r}, [])); print(jax.device_count())")
   result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-2000:]

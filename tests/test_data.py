@@ -249,6 +249,7 @@ else:
 """
 
 
+@pytest.mark.slow
 def test_iterator_state_resumes_exactly_in_a_new_process(config, data_dir, tmp_path):
   """Saved and restored by two processes reading with 2 worker processes; the reference reads with threads."""
   k = 30  # More than one epoch of 1497 // 64 = 23 batches: resumes mid-epoch 2.

@@ -10,6 +10,7 @@ import scipy.integrate
 import scipy.stats
 
 from genimg_jax.losses import diffusion as dl
+from genimg_jax.losses import gaussian, likelihoods
 
 
 @pytest.mark.parametrize("m1,v1,m2,v2", [(0.3, 0.5, -0.2, 2.0), (1.0, 1.0, 1.0, 1.0), (0.0, 0.01, 0.5, 0.3)])
@@ -17,7 +18,7 @@ def test_normal_kl_equals_numerical_integration(m1, v1, m2, v2):
   p, q = scipy.stats.norm(m1, math.sqrt(v1)), scipy.stats.norm(m2, math.sqrt(v2))
   expected, _ = scipy.integrate.quad(lambda x: p.pdf(x) * (p.logpdf(x) - q.logpdf(x)), -30, 30, points=[m1])
   with jax.enable_x64():
-    got = float(dl.normal_kl(jnp.float64(m1), jnp.log(jnp.float64(v1)), jnp.float64(m2), jnp.log(jnp.float64(v2))))
+    got = float(gaussian.kl(jnp.float64(m1), jnp.log(jnp.float64(v1)), jnp.float64(m2), jnp.log(jnp.float64(v2))))
   assert got == pytest.approx(expected, rel=1e-7, abs=1e-10)
 
 
@@ -107,4 +108,4 @@ def test_vlb_terms_equal_a_float64_numpy_reference(variance, t):
 
 
 def test_bits_per_dim_divides_nats_by_dims_and_ln2():
-  assert float(dl.nats_to_bits_per_dim(jnp.float32(3 * 64 * math.log(2)), 64)) == pytest.approx(3.0)
+  assert float(likelihoods.bits_per_dim(jnp.float32(3 * 64 * math.log(2)), 64)) == pytest.approx(3.0)

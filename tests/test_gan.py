@@ -68,13 +68,13 @@ def test_model_shapes(arch, size, ch_mult, channels):
                                 "model.ch_mult": ch_mult, "model.d_norm": "spectral", "model.num_classes": 3,
                                 "model.g_ch": 4, "model.d_ch": 4, "gan.loss": "wasserstein",
                                 "gan.penalty": "gradient_penalty", "gan.penalty_weight": 10.0})
-  updates = gan.make_updates(config)
-  state = jax.eval_shape(updates.init, jax.random.PRNGKey(0))
-  samples = jax.eval_shape(functools.partial(updates.sample, num=2), state.ema_params, jax.random.PRNGKey(0))
+  parts = gan.make_parts(config)
+  state = jax.eval_shape(functools.partial(gan.init, parts), jax.random.PRNGKey(0))
+  samples = jax.eval_shape(functools.partial(gan.sample, parts, num=2), state.ema_params, jax.random.PRNGKey(0))
   assert samples.shape == (2, size, size, channels)
   batch = {"image": jax.ShapeDtypeStruct((4, size, size, channels), jnp.float32),
            "label": jax.ShapeDtypeStruct((4,), jnp.int32)}
-  new_state, metrics = jax.eval_shape(updates.train_step, state, batch, jax.random.PRNGKey(0))
+  new_state, metrics = jax.eval_shape(functools.partial(gan.train_step, parts), state, batch, jax.random.PRNGKey(0))
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   assert {"loss", "d_loss", "g_loss", "d_real", "d_fake", "d_grad_norm", "g_grad_norm", "penalty"} <= set(metrics)
 
@@ -117,27 +117,28 @@ def test_user_loss_by_import_path(tmp_path, monkeypatch):
       "  return d, g\n")
   monkeypatch.chdir(tmp_path)
   config = _load(DIGITS_GAN, **dict(TINY, **{"gan.loss": "my_gan_losses:relativistic"}))
-  updates = gan.make_updates(config)
-  state = updates.init(jax.random.PRNGKey(0))
+  parts = gan.make_parts(config)
+  state = gan.init(parts, jax.random.PRNGKey(0))
   real = {"image": jnp.zeros((8, 16, 16, 1)), "label": jnp.arange(8) % 10}
   # The real logits reach the generator's loss: its gradient depends on the real images.
-  _, m1 = jax.jit(updates.generator_update)(state, real, jax.random.PRNGKey(1))
-  _, m2 = jax.jit(updates.generator_update)(state, dict(real, image=real["image"] + 0.5), jax.random.PRNGKey(1))
+  update = jax.jit(functools.partial(gan.generator_update, parts))
+  _, m1 = update(state, real, jax.random.PRNGKey(1))
+  _, m2 = update(state, dict(real, image=real["image"] + 0.5), jax.random.PRNGKey(1))
   assert float(m1["g_grad_norm"]) != float(m2["g_grad_norm"])
 
 
 @pytest.fixture(scope="module")
 def tiny():
-  """(updates, initial state, a batch of 16 noise images with labels), compiled functions."""
+  """(parts, compiled functions, initial state, a batch of 16 noise images with labels)."""
   config = _load(DIGITS_GAN, **TINY)
-  updates = gan.make_updates(config)
-  state = jax.jit(updates.init)(jax.random.PRNGKey(0))
+  parts = gan.make_parts(config)
+  state = jax.jit(functools.partial(gan.init, parts))(jax.random.PRNGKey(0))
   key = jax.random.PRNGKey(7)
   batch = {"image": jax.random.uniform(key, (16, 16, 16, 1), minval=-1, maxval=1),
            "label": jnp.arange(16, dtype=jnp.int32) % 10}
-  fns = {"d": jax.jit(updates.discriminator_update), "g": jax.jit(updates.generator_update),
-         "step": jax.jit(updates.train_step)}
-  return updates, fns, state, batch
+  fns = {name: jax.jit(functools.partial(fn, parts)) for name, fn in
+         (("d", gan.discriminator_update), ("g", gan.generator_update), ("step", gan.train_step))}
+  return parts, fns, state, batch
 
 
 def _equal(a, b) -> bool:
@@ -195,7 +196,7 @@ def test_train_step_is_deterministic_under_a_seed(tiny):
 
 def test_train_step_runs_n_critic_discriminator_updates(tiny):
   """train_step == discriminator updates on slices 0 and 1 (examples i::2), then the generator update."""
-  updates, fns, state, batch = tiny
+  _, fns, state, batch = tiny
   rng = jax.random.PRNGKey(5)
   d_rng, g_rng = jax.random.split(rng)
   expected = state
@@ -211,9 +212,9 @@ def test_train_step_runs_n_critic_discriminator_updates(tiny):
 
 
 def test_sampling_is_deterministic_and_in_range(tiny):
-  updates, _, state, _ = tiny
-  samples = jax.jit(functools.partial(updates.sample, num=20))(state.ema_params, jax.random.PRNGKey(0))
+  parts, _, state, _ = tiny
+  samples = jax.jit(functools.partial(gan.sample, parts, num=20))(state.ema_params, jax.random.PRNGKey(0))
   assert samples.shape == (20, 16, 16, 1)
   assert float(jnp.min(samples)) >= -1.0 and float(jnp.max(samples)) <= 1.0
-  again = jax.jit(functools.partial(updates.sample, num=20))(state.ema_params, jax.random.PRNGKey(0))
+  again = jax.jit(functools.partial(gan.sample, parts, num=20))(state.ema_params, jax.random.PRNGKey(0))
   np.testing.assert_array_equal(np.asarray(samples), np.asarray(again))

@@ -13,9 +13,9 @@ import pytest
 from sklearn.neural_network import MLPClassifier
 
 from genimg_jax import config as config_lib
-from genimg_jax import images, methods
+from genimg_jax import images, methods, seeds
 from genimg_jax.data import datasets
-from genimg_jax.train import steps, trainer, workdir as workdir_lib
+from genimg_jax.train import trainer, workdir as workdir_lib
 from helpers import REPO, read_scalars
 
 STEPS = 300
@@ -57,7 +57,7 @@ def run(data_dir, tmp_path_factory):
       f"--config.train.checkpoint_every={STEPS}", "--config.train.num_samples=16"])
   workdir = str(tmp_path_factory.mktemp("dcgan_digits"))
   method = methods.make(config)
-  initial = jax.jit(method.init)(steps.root_keys(config.seed)["init"])  # the trainer's start
+  initial = jax.jit(method.init)(seeds.root_keys(config.seed)["init"])  # the trainer's start
   final = trainer.train(config, workdir, show_progress=False)
   sample = jax.jit(functools.partial(method.sample, num=1000))
   return config, workdir, method, initial, final, sample

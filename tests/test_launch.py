@@ -47,7 +47,7 @@ def test_local_needs_a_process_count():
 ])
 def test_incomplete_distributed_flags_name_the_flag(flags, field):
   from genimg_jax.errors import ConfigError
-  from genimg_jax.train import distributed
+  from genimg_jax.parallel import distributed
 
   with pytest.raises(ConfigError) as e:
     distributed.initialize(**flags, heartbeat_timeout_s=100, initialization_timeout_s=300)
@@ -58,7 +58,7 @@ def test_incomplete_distributed_flags_name_the_flag(flags, field):
 
 
 def test_cluster_detection_from_the_environment():
-  from genimg_jax.train.distributed import cluster_detected
+  from genimg_jax.parallel.distributed import cluster_detected
 
   assert cluster_detected({}) is None
   assert cluster_detected({"TPU_WORKER_HOSTNAMES": "w0"}) is None  # A single-host TPU VM.
@@ -72,7 +72,7 @@ def test_fsdp_size_must_divide_the_devices():
   import jax
 
   from genimg_jax.errors import ConfigError
-  from genimg_jax.train import mesh
+  from genimg_jax.parallel import mesh
 
   with pytest.raises(ConfigError, match="must be >= 1 and divide the number of devices") as e:
     mesh.make_mesh(jax.device_count() + 1)

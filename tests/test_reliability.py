@@ -110,6 +110,7 @@ def _wait_for(predicate, timeout=180.0, proc=None):
     time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_resumes_exactly(data_dir, tmp_path, straight):
   workdir = tmp_path / "run"
   proc = subprocess.Popen(TRAIN_CMD + ["--workdir", str(workdir), *tiny_args(data_dir, steps=30),
@@ -128,6 +129,7 @@ def test_sigterm_checkpoints_and_resumes_exactly(data_dir, tmp_path, straight):
   _assert_same_state(_train_to_npz(data_dir, workdir, tmp_path / "resumed.npz", 30), straight)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(data_dir, tmp_path, straight_60):
   """5 kills (2 of them while a checkpoint is being written), then training to the end."""
   workdir = tmp_path / "run"
@@ -161,6 +163,7 @@ def test_sigkill_at_random_moments_loses_nothing(data_dir, tmp_path, straight_60
   _assert_same_state(_train_to_npz(data_dir, workdir, tmp_path / "final.npz", 60), straight_60)
 
 
+@pytest.mark.slow
 def test_preemption_notice_stops_all_processes_at_the_same_step(data_dir, tmp_path):
   """2 processes x 4 CPU devices; SIGTERM to process 1 only; both save and stop at one step."""
   datasets.open_split(tiny_config(data_dir).data, "train")  # Prepared once, not by both processes at once.

@@ -91,10 +91,10 @@ def _gan_config(data_dir):
 
 @pytest.mark.parametrize("family", ["ddpm", "gan"])
 def test_image_i_is_drawn_with_fold_in_key_i_whatever_the_batch(data_dir, family):
-  """steps.sampler: batches of 2 from 0 and 2 equal one batch of 4, and image i is method.sample of
+  """functions.sampler: batches of 2 from 0 and 2 equal one batch of 4, and image i is method.sample of
   one image with key fold_in(key, i) (a conditional model: with class classes[i % len(classes)])."""
-  from genimg_jax.train import mesh as mesh_lib
-  from genimg_jax.train import steps
+  from genimg_jax.parallel import functions
+  from genimg_jax.parallel import mesh as mesh_lib
 
   config = tiny_config(data_dir) if family == "ddpm" else _gan_config(data_dir)
   method = methods.make(config)
@@ -106,13 +106,13 @@ def test_image_i_is_drawn_with_fold_in_key_i_whatever_the_batch(data_dir, family
     params = dict(params, params=jax.tree.unflatten(tree, noisy))
   key = jax.random.PRNGKey(5)
   classes = (7, 2) if method.num_classes else None
-  whole = steps.sampler(method, mesh, 4, classes)(params, key, 0)
-  halves = np.concatenate([steps.sampler(method, mesh, 2, classes)(params, key, start) for start in (0, 2)])
+  whole = functions.sampler(method, mesh, 4, classes)(params, key, 0)
+  halves = np.concatenate([functions.sampler(method, mesh, 2, classes)(params, key, start) for start in (0, 2)])
   np.testing.assert_allclose(halves, whole, atol=1e-5)
   for i in (0, 3):
     labels = jnp.asarray([classes[i % 2]]) if classes else None
     alone = jax.jit(method.sample, static_argnums=2)(params, jax.random.fold_in(key, i), 1, labels)
     np.testing.assert_allclose(whole[i], np.asarray(alone)[0], atol=1e-5)
   if classes:  # Another class gives another image from the same noise.
-    other = steps.sampler(method, mesh, 4, (0,))(params, key, 0)
+    other = functions.sampler(method, mesh, 4, (0,))(params, key, 0)
     assert np.abs(other - whole).max() > 1e-3

@@ -15,8 +15,11 @@ import pytest
 from genimg_jax import methods
 from genimg_jax.data import datasets, pipeline
 from genimg_jax.train import checkpoint as ckpt_lib
-from genimg_jax.train import mesh as mesh_lib, workdir as workdir_lib
+from genimg_jax.parallel import mesh as mesh_lib
+from genimg_jax.train import workdir as workdir_lib
 from helpers import DIGITS_CONFIG, REPO, flat_params, tiny_args, tiny_config
+
+pytestmark = pytest.mark.slow  # Subprocesses: `pytest -m "not slow"` leaves them out.
 
 LOCAL = os.path.join(REPO, "launch", "local.sh")
 

@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from genimg_jax import methods
+from genimg_jax import methods, seeds
 from genimg_jax.data import datasets, pipeline
-from genimg_jax.train import mesh as mesh_lib
+from genimg_jax.parallel import functions
+from genimg_jax.parallel import mesh as mesh_lib
 from genimg_jax.train import steps, trainer
 from helpers import REPO, flat_params, read_scalars, tiny_config
 
@@ -93,6 +94,7 @@ def test_workdir_contents(runs):
   assert lr[5] == pytest.approx(2e-4) and lr[40] == pytest.approx(1e-3)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(runs, data_dir, tmp_path):
   """The same 20 steps over 8 (virtual CPU) devices, batch sharded, match 1 device to 1e-5.
 
@@ -120,7 +122,7 @@ def test_eight_devices_match_one_device(runs, data_dir, tmp_path):
 def test_grids_preview_with_the_cheaper_sampler_and_end_with_the_configured_one(data_dir, tmp_path, monkeypatch):
   """ddpm_digits previews with DDIM every train.sample_every steps; the last grid uses sample.sampler."""
   built, calls = [], []
-  real = steps.sampler
+  real = functions.sampler
 
   def recording(method, mesh, batch_size, classes=None, sample_fn=None):
     name = "preview" if sample_fn is not None and sample_fn is method.preview_sample else "sample"
@@ -133,12 +135,12 @@ def test_grids_preview_with_the_cheaper_sampler_and_end_with_the_configured_one(
 
     return call
 
-  monkeypatch.setattr(steps, "sampler", recording)
+  monkeypatch.setattr(functions, "sampler", recording)
   config = tiny_config(data_dir, steps=5)
   config.unlock()
   config.train.sample_every, config.sample.preview_sampler, config.sample.preview_steps = 2, "ddim", 3
   trainer.train(config, str(tmp_path), show_progress=False)
-  sample_key = np.asarray(steps.root_keys(config.seed)["sample"]).tolist()
+  sample_key = np.asarray(seeds.root_keys(config.seed)["sample"]).tolist()
   assert sorted(built) == ["preview", "sample"]
   assert calls == [("preview", sample_key), ("preview", sample_key), ("sample", sample_key)]  # Steps 2, 4, 5.
   assert sorted(os.listdir(tmp_path / "samples")) == [f"step_{s:07d}.png" for s in (2, 4, 5)]

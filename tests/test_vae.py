@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from genimg_jax import config as config_lib
-from genimg_jax import methods
+from genimg_jax import methods, seeds
 from genimg_jax.data import datasets, pipeline
 from genimg_jax.errors import ConfigError
 from genimg_jax.evaluation import held_out
 from genimg_jax.losses import elbo
 from genimg_jax.losses import likelihoods as lk
 from genimg_jax.methods import vae
-from genimg_jax.train import steps, workdir as workdir_lib
+from genimg_jax.train import workdir as workdir_lib
 from helpers import REPO
 
 CONFIGS = {name: os.path.join(REPO, "configs", f"{name}.py") for name in ("vae_digits", "vae_mnist", "vae_cifar10")}
@@ -80,6 +80,7 @@ def trained(run):
   return config, method, mesh, vae.build(config), state.ema_params, jax.tree.map(jnp.asarray, batch)
 
 
+@pytest.mark.slow
 def test_cli_run_writes_samples_grids_and_eval_json(run):
   workdir, _, metrics = run
   pictures = sorted(os.listdir(os.path.join(workdir, "samples")))
@@ -92,16 +93,18 @@ def test_cli_run_writes_samples_grids_and_eval_json(run):
   np.testing.assert_allclose(metrics["neg_elbo_nats"], metrics["recon_nats"] + metrics["kl_nats"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_lowers_eval_bits_per_dim(run, trained):
   _, _, metrics = run
   config, method, mesh, _, _, _ = trained
-  initial = held_out.evaluate(config, method, mesh, jax.jit(method.init)(steps.root_keys(config.seed)["init"]).params,
-                              steps.root_keys(0)["eval"])
+  initial = held_out.evaluate(config, method, mesh, jax.jit(method.init)(seeds.root_keys(config.seed)["init"]).params,
+                              seeds.root_keys(0)["eval"])
   assert metrics["elbo_bpd"] < 0.8 * initial["elbo_bpd"], (initial, metrics)  # about 4.9 -> 3.7
   assert metrics["iwae_bpd"] < metrics["elbo_bpd"]  # K=8 already tightens the bound
   assert metrics["kl_nats"] > 1.0  # the latents carry information
 
 
+@pytest.mark.slow
 def test_iwae_with_one_sample_is_the_elbo_on_the_same_noise_and_rises_with_k(trained):
   _, _, _, parts, params, batch = trained
   x = batch["image"]
@@ -117,6 +120,7 @@ def test_iwae_with_one_sample_is_the_elbo_on_the_same_noise_and_rises_with_k(tra
   assert totals[0] < totals[1], totals  # summed over 64 images: the expected gain is several nats
 
 
+@pytest.mark.slow
 def test_samples_and_image_grids(trained):
   config, method, _, parts, params, batch = trained
   samples = jax.jit(method.sample, static_argnums=2)(params, jax.random.PRNGKey(0), 6)

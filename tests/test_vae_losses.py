@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from genimg_jax.losses import elbo
+from genimg_jax.losses import elbo, gaussian
 from genimg_jax.losses import likelihoods as lk
 
 ALL_VALUES = np.arange(256) / 127.5 - 1.0  # every 8-bit pixel value as the library's float
@@ -29,21 +29,21 @@ def test_analytic_kl_matches_monte_carlo():
   prior_mean, prior_log_var = rng.normal(size=3), rng.normal(size=3) * 0.5
   with jax.enable_x64():
     z = mean + np.exp(0.5 * log_var) * rng.standard_normal((400_000, 3))
-    mc = elbo.gaussian_log_prob(z, mean, log_var) - elbo.gaussian_log_prob(z, prior_mean, prior_log_var)
-    analytic = elbo.gaussian_kl(mean, log_var, prior_mean, prior_log_var)
+    mc = gaussian.log_prob(z, mean, log_var) - gaussian.log_prob(z, prior_mean, prior_log_var)
+    analytic = gaussian.kl(mean, log_var, prior_mean, prior_log_var)
     standard_error = np.std(mc, axis=0) / math.sqrt(len(z))
     np.testing.assert_array_less(np.abs(np.mean(mc, axis=0) - analytic), 4 * standard_error)
     # The standard normal prior is the default; log N(z; 0, 1) against SciPy.
-    np.testing.assert_allclose(elbo.gaussian_kl(mean, log_var), elbo.gaussian_kl(mean, log_var, 0.0, 0.0))
-    np.testing.assert_allclose(elbo.gaussian_log_prob(z[:5]), stats.norm.logpdf(z[:5]), rtol=1e-12)
+    np.testing.assert_allclose(gaussian.kl(mean, log_var), gaussian.kl(mean, log_var, 0.0, 0.0))
+    np.testing.assert_allclose(gaussian.log_prob(z[:5]), stats.norm.logpdf(z[:5]), rtol=1e-12)
   assert np.all(np.asarray(analytic) > 0)
 
 
 def test_kl_of_identical_distributions_is_zero():
   mean = jnp.array([-2.0, 0.0, 0.3, 5.0])
   log_var = jnp.array([-3.0, 0.0, 1.2, 2.0])
-  np.testing.assert_allclose(elbo.gaussian_kl(mean, log_var, mean, log_var), 0.0, atol=1e-6)
-  np.testing.assert_array_equal(elbo.gaussian_kl(jnp.zeros(3), jnp.zeros(3)), 0.0)
+  np.testing.assert_allclose(gaussian.kl(mean, log_var, mean, log_var), 0.0, atol=1e-6)
+  np.testing.assert_array_equal(gaussian.kl(jnp.zeros(3), jnp.zeros(3)), 0.0)
 
 
 def test_reparameterized_gradient_of_a_quadratic_matches_the_analytic_gradient():
@@ -195,7 +195,7 @@ def _linear_gaussian():
 
   def log_likelihood_fn(z):  # z [n * 3, 1] sample-major
     repeated = jnp.tile(x, (z.shape[0] // x.shape[0], 1))
-    return elbo.gaussian_log_prob(repeated, w * z + b, 2 * math.log(s)).sum(-1)
+    return gaussian.log_prob(repeated, w * z + b, 2 * math.log(s)).sum(-1)
 
   exact = stats.norm(b, math.sqrt(w * w + s * s)).logpdf(np.asarray(x)).sum(-1)
   # A deliberately imperfect posterior: mean off by about 0.23, variance 1.5 times too wide

@@ -17,8 +17,8 @@ from jax.sharding import Mesh
 from genimg_jax.errors import ConfigError
 from genimg_jax.evaluation import classifier, inception_weights
 from genimg_jax.models import inception
-from genimg_jax.train import distributed
-from genimg_jax.train import mesh as mesh_lib
+from genimg_jax.parallel import distributed
+from genimg_jax.parallel import mesh as mesh_lib
 
 FEATURE_NETS = ("auto", "inception", "classifier")
 # Data sets whose FID-style numbers use the offline classifier under feature_net=auto.

@@ -8,8 +8,8 @@ from jax.sharding import Mesh
 from genimg_jax.data import datasets, pipeline
 from genimg_jax.errors import ConfigError
 from genimg_jax.methods.base import Method
-from genimg_jax.train import mesh as mesh_lib
-from genimg_jax.train import steps
+from genimg_jax.parallel import functions
+from genimg_jax.parallel import mesh as mesh_lib
 
 
 def evaluate(config: ml_collections.ConfigDict, method: Method, mesh: Mesh, params,
@@ -25,7 +25,7 @@ def evaluate(config: ml_collections.ConfigDict, method: Method, mesh: Mesh, para
       source, config.data, local_batch_size=mesh_lib.local_batch_size(config.train.batch_size, mesh),
       process_index=jax.process_index(), process_count=jax.process_count())
   limit = config.train.eval_batches or len(batches)
-  eval_step = steps.jit_eval_step(method, mesh)
+  eval_step = functions.jit_eval_step(method, mesh)
   results = [eval_step(params, mesh_lib.to_global(batches[i], mesh), jax.random.fold_in(key, i))
              for i in range(min(limit, len(batches)))]
   if not results:

@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 from genimg_jax import images as images_lib
 from genimg_jax.data import datasets, pipeline
 from genimg_jax.evaluation import cache, features, metrics
-from genimg_jax.train import mesh as mesh_lib
+from genimg_jax.parallel import mesh as mesh_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,12 +15,13 @@ from jax.sharding import Mesh
 
 from genimg_jax import config as config_lib
 from genimg_jax import images as images_lib
+from genimg_jax import seeds
 from genimg_jax.data import datasets
 from genimg_jax.errors import ConfigError
 from genimg_jax.evaluation import features, held_out, inception_weights, metrics, reference
 from genimg_jax.methods.base import Method
-from genimg_jax.train import mesh as mesh_lib
-from genimg_jax.train import steps
+from genimg_jax.parallel import functions
+from genimg_jax.parallel import mesh as mesh_lib
 
 SAMPLE_METRICS = ("fid", "kid", "is", "pr")
 METRICS = SAMPLE_METRICS + ("bpd",)
@@ -90,7 +91,7 @@ def _sampler_settings(config: ml_collections.ConfigDict) -> dict:
 class Evaluator:
   """Evaluates parameters of one run; the feature network and reference are built on first use.
 
-  seed: generated image j uses fold_in(root_keys(seed)['sample'], j) (steps.sampler); held-out
+  seed: generated image j uses fold_in(root_keys(seed)['sample'], j) (functions.sampler); held-out
   batches use root_keys(seed)['eval'] (see held_out.evaluate); KID subsets use seed.
   """
 
@@ -118,12 +119,12 @@ class Evaluator:
       self._extractor = features.Extractor(self._net, self.mesh)
       self._reference = reference.get(self.config.data, self.split, self._net, self._extractor, self.mesh,
                                       self.batch_size)
-      self._sample = steps.sampler(self.method, self.mesh, self.batch_size)
+      self._sample = functions.sampler(self.method, self.mesh, self.batch_size)
 
   def generated_features(self, params) -> dict[str, np.ndarray]:
     """Features of options.num_samples images drawn with method.sample, batch by batch."""
     self.prepare()
-    key = steps.root_keys(self.seed)["sample"]
+    key = seeds.root_keys(self.seed)["sample"]
     share = slice(jax.process_index() * self.local_batch, (jax.process_index() + 1) * self.local_batch)
     num = self.options.num_samples
     batches = ((images_lib.float_to_uint8(self._sample(params, key, start))[share], self.local_batch)
@@ -156,7 +157,7 @@ class Evaluator:
         precision, recall = metrics.precision_recall(ref.features, generated["features"], k=PR_NEIGHBOURS)
         results["pr"] = dict(precision=precision, recall=recall, k=PR_NEIGHBOURS, **how)
     if "bpd" in self.metrics:
-      held = held_out.evaluate(self.config, self.method, self.mesh, params, steps.root_keys(self.seed)["eval"])
+      held = held_out.evaluate(self.config, self.method, self.mesh, params, seeds.root_keys(self.seed)["eval"])
       results["bpd"] = dict(held, seed=self.seed)
     return report
 
@@ -178,11 +179,28 @@ def scalars(report: dict) -> dict[str, float]:
   return out
 
 
-def is_better(name: str, value: float, best: float | None) -> bool:
-  """Whether `value` of scalar `name` improves on `best` (None: nothing yet)."""
-  if best is None:
-    return True
-  return value > best if name in HIGHER_IS_BETTER else value < best
+class TrainingEvaluation:
+  """The evaluation a training run does every config.eval.every steps (trainer.Evaluation):
+  evaluates the parameters, writes workdir/eval/eval_<step>.json, returns the headline numbers."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, method: Method, mesh: Mesh):
+    options = settings(config)
+    self.every, self.best_metric = options.every, options.best_metric
+    self.higher_is_better = options.best_metric in HIGHER_IS_BETTER
+    self._evaluator = Evaluator(config, method, mesh, options, config.seed)
+    self._workdir = workdir
+
+  def prepare(self) -> None:
+    self._evaluator.prepare()
+
+  def __call__(self, params, step: int) -> tuple[dict[str, float], str]:
+    """({name: value} as `scalars` gives them, the report's path); ConfigError if best_metric is not
+    among them."""
+    report = self._evaluator(params, step)
+    values = scalars(report)
+    if self.best_metric:
+      metric_value(values, self.best_metric)
+    return values, write_report(self._workdir, report)
 
 
 def report_path(workdir: str, step: int) -> str:

@@ -8,7 +8,6 @@ need no dequantisation correction.
 """
 
 import dataclasses
-import math
 from typing import Callable
 
 import jax
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genimg_jax import images
+from genimg_jax.losses import likelihoods
 
 # The 256 floats of 8-bit values and the midpoints between neighbours, by the library's conversion.
 _LEVELS = images.uint8_to_float(np.arange(256))
@@ -55,11 +55,6 @@ def nats_per_dim(logits: jax.Array, tokens: jax.Array) -> jax.Array:
   return -jnp.mean(token_log_probs, axis=-1)
 
 
-def bits_per_dim(nats: jax.Array) -> jax.Array:
-  """Nats per dim -> bits per dim (divide by ln 2). Same shape and dtype."""
-  return nats / math.log(2.0)
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelContext:
   """What an autoregressive loss needs besides (params, batch, rng); static under jit.
@@ -79,7 +74,7 @@ def nll_loss(params, batch: dict, rng: jax.Array, *, ctx: ModelContext):
   """
   tokens = image_to_tokens(batch["image"])
   nats = jnp.mean(nats_per_dim(ctx.logits(params, tokens, batch["label"], rng), tokens))
-  return nats, {"loss": nats, "nats_per_dim": nats, "bits_per_dim": bits_per_dim(nats)}
+  return nats, {"loss": nats, "nats_per_dim": nats, "bits_per_dim": likelihoods.bits_per_dim(nats)}
 
 
 BUILTIN_LOSSES = {"nll": nll_loss}

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genimg_jax.losses import gaussian
+
 Prediction = Literal["eps", "v", "x0"]
 PREDICTIONS = ("eps", "v", "x0")
 BETA_SCHEDULES = ("linear", "cosine")
@@ -150,12 +152,6 @@ VLB_VARIANCES = ("beta_tilde", "beta")
 _LOG_PROB_FLOOR = 1e-12
 
 
-def normal_kl(mean1, logvar1, mean2, logvar2) -> jax.Array:
-  """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) per element, in nats. Broadcasting shapes."""
-  return 0.5 * (-1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2)
-                + jnp.square(mean1 - mean2) * jnp.exp(-logvar2))
-
-
 def discretized_gaussian_log_likelihood(x: jax.Array, mean: jax.Array, log_scale: jax.Array) -> jax.Array:
   """log P(8-bit pixel) per element under N(mean, e^(2 log_scale)), in nats.
 
@@ -196,7 +192,7 @@ def reverse_log_variances(schedule: Schedule, variance: str) -> jax.Array:
 def prior_kl(schedule: Schedule, x0: jax.Array) -> jax.Array:
   """L_T = KL(q(x_T | x_0) || N(0, I)) per image [B], in nats (no network involved)."""
   abar = schedule.alphas_cumprod[-1]
-  kl = normal_kl(jnp.sqrt(abar) * x0, jnp.log1p(-abar), 0.0, 0.0)
+  kl = gaussian.kl(jnp.sqrt(abar) * x0, jnp.log1p(-abar), 0.0, 0.0)
   return jnp.sum(kl, axis=tuple(range(1, x0.ndim)))
 
 
@@ -218,7 +214,7 @@ def vlb_term(ctx: DenoiserContext, params, x0: jax.Array, t: jax.Array, noise: j
   model_mean = posterior_mean(s, x0_hat, x_t, t)
   model_logvar = _bcast(reverse_log_variances(s, variance), t, x0.ndim)
   axes = tuple(range(1, x0.ndim))
-  kl = normal_kl(posterior_mean(s, x0, x_t, t), _bcast(jnp.log(s.posterior_variance), t, x0.ndim),
+  kl = gaussian.kl(posterior_mean(s, x0, x_t, t), _bcast(jnp.log(s.posterior_variance), t, x0.ndim),
                  model_mean, model_logvar)
   decoder_nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)
   return jnp.where(t == 0, jnp.sum(decoder_nll, axis=axes), jnp.sum(kl, axis=axes))
@@ -247,7 +243,3 @@ def variational_bound(ctx: DenoiserContext, params, x0: jax.Array, rng: jax.Arra
   decoder = per_t[0]
   return {"total": prior + diffusion + decoder, "prior": prior, "decoder": decoder, "diffusion": diffusion}
 
-
-def nats_to_bits_per_dim(nats: jax.Array, num_dims: int) -> jax.Array:
-  """nats per image -> bits per dimension: nats / (num_dims * ln 2)."""
-  return nats / (num_dims * math.log(2.0))

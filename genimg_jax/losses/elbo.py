@@ -11,27 +11,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from genimg_jax.losses import gaussian
+
 LogLikelihoodFn = Callable[[jax.Array], jax.Array]
-LOG_2PI = math.log(2.0 * math.pi)
-
-
-def gaussian_kl(mean: jax.Array, log_var: jax.Array, prior_mean: jax.Array | float = 0.0,
-                prior_log_var: jax.Array | float = 0.0) -> jax.Array:
-  """KL(N(mean, e^log_var) || N(prior_mean, e^prior_log_var)) elementwise, in nats.
-
-  All arguments broadcast together; returns their broadcast shape. The defaults give
-  the KL to the standard normal prior.
-  """
-  return 0.5 * (prior_log_var - log_var
-                + (jnp.exp(log_var) + jnp.square(mean - prior_mean)) * jnp.exp(-prior_log_var) - 1.0)
-
-
-def gaussian_log_prob(z: jax.Array, mean: jax.Array | float = 0.0,
-                      log_var: jax.Array | float = 0.0) -> jax.Array:
-  """log N(z; mean, e^log_var) elementwise, in nats; the defaults give the standard normal."""
-  return -0.5 * (LOG_2PI + log_var + jnp.square(z - mean) * jnp.exp(-log_var))
-
-
 def reparameterize(mean: jax.Array, log_var: jax.Array, noise: jax.Array) -> jax.Array:
   """z = mean + exp(log_var / 2) * noise: a draw of q(z|x) differentiable in mean and log_var.
 
@@ -76,9 +58,9 @@ def single_sample_elbo(log_likelihood_fn: LogLikelihoodFn, mean: jax.Array, log_
   z = reparameterize(mean, log_var, noise)
   log_likelihood = log_likelihood_fn(z)
   if analytic_kl:
-    kl = gaussian_kl(mean, log_var)
+    kl = gaussian.kl(mean, log_var)
   else:
-    kl = gaussian_log_prob(z, mean, log_var) - gaussian_log_prob(z)
+    kl = gaussian.log_prob(z, mean, log_var) - gaussian.log_prob(z)
   return log_likelihood - _sum_latent(kl), log_likelihood, kl
 
 
@@ -122,7 +104,7 @@ def importance_weighted_bound(log_likelihood_fn: LogLikelihoodFn, mean: jax.Arra
     noise = importance_noise(rng, chunk * chunk_size + jnp.arange(chunk_size), mean.shape)
     z = reparameterize(mean, log_var, noise)  # [chunk_size, B, ...]
     log_likelihood = log_likelihood_fn(z.reshape((chunk_size * batch,) + mean.shape[1:]))
-    log_prior_over_posterior = gaussian_log_prob(z) - gaussian_log_prob(z, mean, log_var)
+    log_prior_over_posterior = gaussian.log_prob(z) - gaussian.log_prob(z, mean, log_var)
     latent = log_prior_over_posterior.reshape(chunk_size, batch, -1).sum(-1)
     return log_likelihood.reshape(chunk_size, batch) + latent
 

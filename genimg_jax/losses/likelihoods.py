@@ -46,8 +46,9 @@ def quantize(y: jax.Array) -> jax.Array:
   return jnp.asarray(PIXEL_FLOATS)[pixel_values(y)].astype(y.dtype)
 
 
-def bits_per_dim(nll_nats: jax.Array, num_dims: int) -> jax.Array:
-  """Negative log-likelihood in nats per image -> bits per dimension: nll / (num_dims * ln 2)."""
+def bits_per_dim(nll_nats: jax.Array, num_dims: int = 1) -> jax.Array:
+  """Negative log-likelihood in nats per image of `num_dims` dimensions (1: nats per dimension)
+  -> bits per dimension: nll / (num_dims * ln 2). Same shape and dtype."""
   return nll_nats / (num_dims * math.log(2.0))
 
 

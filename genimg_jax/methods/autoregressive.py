@@ -9,11 +9,10 @@ import ml_collections
 from genimg_jax.config import require
 from genimg_jax.losses import autoregressive as arl
 from genimg_jax.methods import autoregressive_sampling as sampling
-from genimg_jax.methods.base import Method, TrainState, gradient_step, make_optimizer, optimizer_config
+from genimg_jax.methods.base import Method, TrainState, compute_dtype, gradient_step, make_optimizer, optimizer_config
 from genimg_jax.models import transformer
 from genimg_jax.registry import lookup
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -49,7 +48,7 @@ def _validate(config) -> None:
   require(m.num_classes >= 0, "model.num_classes", "must be >= 0 (0: unconditional)")
   require(m.attention in transformer.ATTENTION_IMPLEMENTATIONS, "model.attention",
           f"must be one of {transformer.ATTENTION_IMPLEMENTATIONS}")
-  require(m.dtype in DTYPES, "model.dtype", f"must be one of {sorted(DTYPES)}")
+  compute_dtype(m.dtype)
   require(0.0 <= config.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
   require(s.sampler in sampling.SAMPLERS, "sample.sampler", f"must be one of {sampling.SAMPLERS}")
   require(s.temperature >= 0.0, "sample.temperature", "must be >= 0 (0: greedy)")
@@ -64,7 +63,7 @@ def make_model(config: ml_collections.ConfigDict) -> transformer.ImageTransforme
       image_shape=(config.data.image_size, config.data.image_size, config.data.channels),
       num_layers=m.num_layers, width=m.width, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
       dropout=m.dropout, num_classes=m.num_classes, position_embedding=m.position_embedding,
-      attention=m.attention, dtype=DTYPES[m.dtype])
+      attention=m.attention, dtype=compute_dtype(m.dtype))
 
 
 def sample_labels(num: int, num_classes: int) -> jax.Array | None:

@@ -67,6 +67,16 @@ class Method:
   networks: tuple[str, ...] = ()
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str, field: str = "model.dtype"):
+  """The jnp dtype a model computes in (its parameters stay float32); ConfigError naming `field`
+  for a name other than float32 or bfloat16."""
+  require(name in COMPUTE_DTYPES, field, f"must be one of {sorted(COMPUTE_DTYPES)}")
+  return COMPUTE_DTYPES[name]
+
+
 def optimizer_config() -> ml_collections.ConfigDict:
   """Defaults of an `optimizer` section: Adam with linear warm-up and global-norm clipping."""
   return ml_collections.ConfigDict({

@@ -8,12 +8,12 @@ import ml_collections
 
 from genimg_jax.config import require
 from genimg_jax.losses import diffusion as dl
+from genimg_jax.losses import likelihoods
 from genimg_jax.methods import diffusion_samplers as samplers
-from genimg_jax.methods.base import Method, TrainState, gradient_step, make_optimizer, optimizer_config
+from genimg_jax.methods.base import Method, TrainState, compute_dtype, gradient_step, make_optimizer, optimizer_config
 from genimg_jax.models.unet import UNet
 from genimg_jax.registry import lookup
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -54,7 +54,7 @@ def _validate(config) -> None:
   require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
   require(all((m.ch * k) % m.norm_groups == 0 for k in m.ch_mult), "model.norm_groups",
           f"must divide every level's width (ch * ch_mult = {[m.ch * k for k in m.ch_mult]})")
-  require(m.dtype in DTYPES, "model.dtype", f"must be one of {sorted(DTYPES)}")
+  compute_dtype(m.dtype)
   down = 2 ** (len(m.ch_mult) - 1)
   require(config.data.image_size % down == 0, "data.image_size",
           f"{config.data.image_size} is not divisible by the UNet's downsampling factor {down}")
@@ -85,7 +85,7 @@ def make(config: ml_collections.ConfigDict) -> Method:
   model = UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
                attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
                out_ch=image_shape[-1], num_heads=m.num_heads, norm_groups=m.norm_groups,
-               dtype=DTYPES[m.dtype])
+               dtype=compute_dtype(m.dtype))
   schedule = dl.Schedule.from_betas(
       dl.beta_schedule(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end))
   loss_fn = lookup("config.loss.name", config.loss.name, dl.BUILTIN_LOSSES)
@@ -125,7 +125,7 @@ def make(config: ml_collections.ConfigDict) -> Method:
     metrics = dict(metrics, vlb_nats=jnp.mean(bound["total"]))
     for part in ("total", "prior", "diffusion", "decoder"):
       name = "vlb_bpd" if part == "total" else f"vlb_{part}_bpd"
-      metrics[name] = jnp.mean(dl.nats_to_bits_per_dim(bound[part], num_dims))
+      metrics[name] = jnp.mean(likelihoods.bits_per_dim(bound[part], num_dims))
     return metrics
 
   s = config.sample

@@ -17,10 +17,9 @@ import ml_collections
 from genimg_jax.config import require
 from genimg_jax.losses import elbo as elbo_lib
 from genimg_jax.losses import likelihoods
-from genimg_jax.methods.base import Method, TrainState, gradient_step, make_optimizer, optimizer_config
+from genimg_jax.methods.base import Method, TrainState, compute_dtype, gradient_step, make_optimizer, optimizer_config
 from genimg_jax.models.vae import LATENT_TYPES, VAE, latent_shape
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SAMPLE_MODES = ("mean", "sample")
 
 
@@ -63,7 +62,7 @@ def _validate(config) -> None:
           f"must divide every level's width (ch * ch_mult = {[m.ch * k for k in m.ch_mult]})")
   require(m.latent_type in LATENT_TYPES, "model.latent_type", f"must be one of {LATENT_TYPES}")
   require(m.latent_dim > 0, "model.latent_dim", "must be > 0")
-  require(m.dtype in DTYPES, "model.dtype", f"must be one of {sorted(DTYPES)}")
+  compute_dtype(m.dtype)
   down = 2 ** (len(m.ch_mult) - 1)
   require(config.data.image_size % down == 0, "data.image_size",
           f"{config.data.image_size} is not divisible by the encoder's downsampling factor {down}")
@@ -134,7 +133,7 @@ def build(config: ml_collections.ConfigDict) -> VAEParts:
   likelihood = likelihoods.make(config.likelihood.name, image_shape[-1], config.likelihood.num_mixtures)
   model = VAE(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks, norm_groups=m.norm_groups,
               latent_type=m.latent_type, latent_dim=m.latent_dim, image_size=image_shape[:2],
-              out_ch=likelihood.num_params, dtype=DTYPES[m.dtype])
+              out_ch=likelihood.num_params, dtype=compute_dtype(m.dtype))
   return VAEParts(model=model, likelihood=likelihood, image_shape=image_shape,
                   latent_shape=latent_shape(m.latent_type, m.latent_dim, image_shape[:2], m.ch_mult),
                   sample_mode=config.sample.mode)

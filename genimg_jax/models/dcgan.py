@@ -8,14 +8,12 @@ the discriminator mirrors it with 4x4 stride-2 convolutions. 64x64: ch_mult
 Weights start from N(0, 0.02) as in the paper.
 """
 
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from genimg_jax.models.gan_layers import ConvTranspose4x4Stride2, GeneratorNorm, ProjectionHead, maybe_spectral
-
-Dtype = Any
+from genimg_jax.models.layers import Dtype
 _INIT = nn.initializers.normal(0.02)
 
 

@@ -1,1 +1,1 @@
-"""The generic trainer: mesh and sharding, the jitted loop, checkpoints, logs."""
+"""The generic trainer: the jitted loop, checkpoints, a run's workdir and logs."""

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 
 from genimg_jax.errors import CheckpointError, warn
 from genimg_jax.files import atomic_open
-from genimg_jax.train import distributed
+from genimg_jax.parallel import distributed
 
 
 def _path_str(path) -> str:
@@ -193,6 +193,7 @@ class BestCheckpoint:
   def __init__(self, directory: str, metric: str, higher_is_better: bool):
     self.metric, self.higher_is_better = metric, higher_is_better
     self._checkpointer = Checkpointer(directory, keep=1)
+    self.directory = self._checkpointer.directory
     self._record = os.path.join(self._checkpointer.directory, "best.json")
     self.value = self.step = None
     if os.path.isfile(self._record):

@@ -6,10 +6,9 @@ import jax
 import ml_collections
 
 from genimg_jax import config as config_lib
-from genimg_jax import methods
+from genimg_jax import methods, seeds
 from genimg_jax.methods.base import Method
-from genimg_jax.train import mesh as mesh_lib
-from genimg_jax.train import steps
+from genimg_jax.parallel import mesh as mesh_lib
 
 
 def parameter_counts(method: Method) -> dict[str, int]:
@@ -17,7 +16,7 @@ def parameter_counts(method: Method) -> dict[str, int]:
 
   One entry per name in method.networks (a GAN's generator and discriminator), else one, 'model'.
   """
-  params = jax.eval_shape(method.init, steps.root_keys(0)["init"]).params
+  params = jax.eval_shape(method.init, seeds.root_keys(0)["init"]).params
   count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
   if method.networks:
     return {name: count(params[name]) for name in method.networks}

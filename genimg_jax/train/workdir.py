@@ -6,12 +6,12 @@ import jax
 import ml_collections
 
 from genimg_jax import config as config_lib
-from genimg_jax.methods.base import Method
+from genimg_jax import seeds
 from genimg_jax.errors import CheckpointError, ConfigError
 from genimg_jax.files import atomic_open
+from genimg_jax.methods.base import Method
+from genimg_jax.parallel import mesh as mesh_lib
 from genimg_jax.train import checkpoint as ckpt_lib
-from genimg_jax.train import mesh as mesh_lib
-from genimg_jax.train import steps
 
 
 def config_path(workdir: str) -> str:
@@ -51,7 +51,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 def abstract_state(method, mesh, fsdp_min_size: int):
   """The method's TrainState as ShapeDtypeStructs carrying their shardings on `mesh` (mesh_lib rules)."""
-  abstract = jax.eval_shape(method.init, steps.root_keys(0)["init"])
+  abstract = jax.eval_shape(method.init, seeds.root_keys(0)["init"])
   shardings = mesh_lib.state_sharding(abstract, mesh, fsdp_min_size)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
