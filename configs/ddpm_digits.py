@@ -3,9 +3,12 @@ r"""DDPM on the offline digits (scikit-learn's 8x8 digits upsampled to 16x16). T
 Command:
   genimg train --config configs/ddpm_digits.py --workdir runs/ddpm_digits
 Hardware: sized for a 2-core CPU (no accelerator).
-Wall time: about 10 minutes on 2 cores, including the final 1000-step DDPM sample grid.
-Expected result: samples/step_0004000.png shows 64 recognisable digits; the
-  training loss falls from ~1.0 to ~0.05 (measured on a 2-core CPU, 2026-11-23).
+Wall time: about 12 minutes on 2 cores (11 min 48 s measured on a 2-core CPU from a clean clone,
+  2026-12-01: 2000 steps at 3.3-3.8 steps/s on two CPU devices, DDIM-50 preview grids at steps 500,
+  1000 and 1500, and the final 1000-step DDPM grid, about a minute).
+Expected result: samples/step_0002000.png shows 64 recognisable digits (the previews at steps 500
+  to 1500 show the same noise becoming digits); the logged loss (metrics.jsonl) is 0.52 at step 100
+  and 0.026 at step 2000 (same run).
 """
 
 from genimg_jax.config import base_config

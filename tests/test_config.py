@@ -67,6 +67,8 @@ def test_common_validation(field, value, words):
     ("diffusion.beta_schedule", "'quadratic'", "config.diffusion.beta_schedule"),
     ("diffusion.prediction", "'score'", "config.diffusion.prediction"),
     ("sample.sampler", "'euler'", "config.sample.sampler"),
+    ("sample.preview_sampler", "'euler'", "config.sample.preview_sampler"),
+    ("model.arch", "'dit'", "config.model.arch"),
     ("sample.steps", 5000, "config.sample.steps"),
     ("ema.decay", 1.0, "config.ema.decay"),
     ("loss.name", "'weighted'", "config.loss.name"),

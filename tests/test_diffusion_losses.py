@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 
 from genimg_jax.losses import diffusion as dl
+from genimg_jax.losses import noise
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
 def test_closed_form_q_matches_iterated_noising(name):
   """x_t from q(x_t|x_0) in closed form == x_0 noised one step at a time (float64 reference)."""
   T = 1000
-  betas = dl.beta_schedule(name, T)
-  schedule = dl.Schedule.from_betas(betas)
+  betas = noise.beta_schedule(name, T)
+  schedule = noise.Schedule.from_betas(betas)
   rng = np.random.default_rng(0)
   x0 = rng.uniform(-1, 1, size=(4, 3))
   # Iterate x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) e_t, tracking the total
@@ -30,7 +31,7 @@ def test_closed_form_q_matches_iterated_noising(name):
       np.testing.assert_allclose(1 - abar, noise_var, rtol=2e-5, atol=1e-7)
       # With the iterated noise folded into one N(0, I) draw, q_sample gives the same x_t.
       folded = (x - coef_x0 * x0) / np.sqrt(noise_var)
-      got = dl.q_sample(schedule, jnp.asarray(x0, jnp.float32), jnp.full((4,), t),
+      got = noise.q_sample(schedule, jnp.asarray(x0, jnp.float32), jnp.full((4,), t),
                         jnp.asarray(folded, jnp.float32))
       np.testing.assert_allclose(np.asarray(got), x, rtol=1e-4, atol=1e-5)
 
@@ -38,7 +39,7 @@ def test_closed_form_q_matches_iterated_noising(name):
 def test_q_sample_moments_monte_carlo():
   """Many per-step noising chains reach the closed-form mean and variance."""
   T = 200
-  betas = dl.beta_schedule("linear", T, 1e-3, 0.05)
+  betas = noise.beta_schedule("linear", T, 1e-3, 0.05)
   abar = np.cumprod(1 - betas)
   rng = np.random.default_rng(1)
   x = np.full(200_000, 0.7)
@@ -49,40 +50,40 @@ def test_q_sample_moments_monte_carlo():
 
 
 def test_schedules():
-  lin = dl.beta_schedule("linear", 1000)
+  lin = noise.beta_schedule("linear", 1000)
   assert lin[0] == pytest.approx(1e-4) and lin[-1] == pytest.approx(0.02)
-  cos = dl.beta_schedule("cosine", 1000)
+  cos = noise.beta_schedule("cosine", 1000)
   f = lambda t: np.cos((t / 1000 + 0.008) / 1.008 * np.pi / 2) ** 2
   np.testing.assert_allclose(np.cumprod(1 - cos)[:900], f(np.arange(1, 901)) / f(0), rtol=1e-9)
   assert cos.max() <= 0.999
-  s = dl.Schedule.from_betas(lin)
+  s = noise.Schedule.from_betas(lin)
   chex.assert_trees_all_close(s.posterior_variance[1:],
                               jnp.asarray(lin[1:] * (1 - np.cumprod(1 - lin)[:-1]) / (1 - np.cumprod(1 - lin)[1:]),
                                           jnp.float32), rtol=1e-6)
   assert float(s.posterior_variance[0]) == 0.0
   with pytest.raises(ValueError, match="unknown beta schedule"):
-    dl.beta_schedule("quadratic", 10)
+    noise.beta_schedule("quadratic", 10)
 
 
-@pytest.mark.parametrize("prediction", dl.PREDICTIONS)
+@pytest.mark.parametrize("prediction", noise.PREDICTIONS)
 def test_parameterizations_invert(prediction):
   """to_x0_and_eps applied to the exact target recovers x0 and the noise."""
-  schedule = dl.Schedule.from_betas(dl.beta_schedule("linear", 1000))
+  schedule = noise.Schedule.from_betas(noise.beta_schedule("linear", 1000))
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
   x0 = jax.random.uniform(k1, (6, 4, 4, 2), minval=-1, maxval=1)
-  noise = jax.random.normal(k2, x0.shape)
+  eps = jax.random.normal(k2, x0.shape)
   t = jax.random.randint(k3, (6,), 0, 1000)
-  x_t = dl.q_sample(schedule, x0, t, noise)
-  target = dl.prediction_target(prediction, schedule, x0, t, noise)
-  x0_hat, eps_hat = dl.to_x0_and_eps(prediction, schedule, target, x_t, t)
+  x_t = noise.q_sample(schedule, x0, t, eps)
+  target = noise.prediction_target(prediction, schedule, x0, t, eps)
+  x0_hat, eps_hat = noise.to_x0_and_eps(prediction, schedule, target, x_t, t)
   # Recovering eps from x0 at t near 0 divides by sqrt(1 - abar) ~ 1e-2: looser there.
   chex.assert_trees_all_close(x0_hat, x0, atol=2e-3)
-  chex.assert_trees_all_close(eps_hat, noise, atol=5e-2)
+  chex.assert_trees_all_close(eps_hat, eps, atol=5e-2)
 
 
 def test_simple_loss_closed_form():
   """A denoiser that outputs zeros has loss E[target^2]; for eps that is 1."""
-  schedule = dl.Schedule.from_betas(dl.beta_schedule("linear", 1000))
+  schedule = noise.Schedule.from_betas(noise.beta_schedule("linear", 1000))
   ctx = dl.DenoiserContext(lambda p, x, t, r: jnp.zeros_like(x), schedule, "eps")
   x0 = jnp.zeros((256, 16, 16, 1))  # 65536 draws: the mean of noise^2 has std 0.0055.
   loss, metrics = dl.simple_loss(None, {"image": x0}, jax.random.PRNGKey(0), ctx=ctx)
@@ -94,7 +95,7 @@ def test_simple_loss_closed_form():
 
 
 def test_simple_loss_gradient_matches_finite_differences():
-  schedule = dl.Schedule.from_betas(dl.beta_schedule("linear", 100))
+  schedule = noise.Schedule.from_betas(noise.beta_schedule("linear", 100))
   ctx = dl.DenoiserContext(lambda p, x, t, r: p["w"] * x + p["b"], schedule, "v")
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (8, 4, 4, 1), minval=-1, maxval=1)}
   rng = jax.random.PRNGKey(2)

@@ -10,6 +10,7 @@ import scipy.integrate
 import scipy.stats
 
 from genimg_jax.losses import diffusion as dl
+from genimg_jax.losses import noise
 from genimg_jax.losses import gaussian, likelihoods
 
 
@@ -35,9 +36,9 @@ def test_discretized_likelihood_sums_to_one_and_matches_scipy(mean, scale):
 
 
 def test_prior_kl_equals_the_closed_form():
-  schedule = dl.Schedule.from_betas(dl.beta_schedule("linear", 50, 1e-3, 0.1))
+  schedule = noise.Schedule.from_betas(noise.beta_schedule("linear", 50, 1e-3, 0.1))
   x0 = np.random.default_rng(0).uniform(-1, 1, (3, 2, 2, 1))
-  abar = np.prod(1 - dl.beta_schedule("linear", 50, 1e-3, 0.1))
+  abar = np.prod(1 - noise.beta_schedule("linear", 50, 1e-3, 0.1))
   mean_sq, var = abar * x0 ** 2, 1 - abar
   expected = 0.5 * np.sum(mean_sq + var - 1 - np.log(var), axis=(1, 2, 3))
   np.testing.assert_allclose(np.asarray(dl.prior_kl(schedule, jnp.asarray(x0, jnp.float32))), expected, rtol=1e-4)
@@ -51,8 +52,8 @@ def test_bound_of_the_exact_denoiser_of_one_image_is_prior_plus_decoder():
   """Data = one image: the ideal x0-prediction is that image, every KL term is 0, and the decoder
   term is the Gaussian N(x0, beta-tilde_1) mass of each pixel's bin."""
   T = 40
-  betas = dl.beta_schedule("linear", T, 1e-4, 0.05)
-  schedule = dl.Schedule.from_betas(betas)
+  betas = noise.beta_schedule("linear", T, 1e-4, 0.05)
+  schedule = noise.Schedule.from_betas(betas)
   image = _grid_images(np.random.default_rng(1), (1, 4, 4, 1))
   image[0, 0, 0, 0], image[0, 0, 1, 0] = -1.0, 1.0  # Both edge bins appear.
   ctx = dl.DenoiserContext(lambda params, x_t, t, rng: jnp.broadcast_to(image, x_t.shape), schedule, "x0")
@@ -94,15 +95,15 @@ def _numpy_vlb_term(betas, x0, t, noise, eps_fn, variance):
 @pytest.mark.parametrize("t", [0, 1, 7, 29])
 def test_vlb_terms_equal_a_float64_numpy_reference(variance, t):
   T = 30
-  betas = dl.beta_schedule("linear", T, 1e-3, 0.1)
-  schedule = dl.Schedule.from_betas(betas)
+  betas = noise.beta_schedule("linear", T, 1e-3, 0.1)
+  schedule = noise.Schedule.from_betas(betas)
   rng = np.random.default_rng(2)
-  x0, noise = _grid_images(rng, (2, 3, 3, 2)), rng.normal(size=(2, 3, 3, 2)).astype(np.float32)
+  x0, eps = _grid_images(rng, (2, 3, 3, 2)), rng.normal(size=(2, 3, 3, 2)).astype(np.float32)
   eps_fn = lambda x_t, t: 0.8 * x_t + 0.01 * t  # A deliberately imperfect denoiser.
   ctx = dl.DenoiserContext(lambda params, x_t, tt, r: 0.8 * x_t + 0.01 * tt[:, None, None, None], schedule, "eps")
-  got = dl.vlb_term(ctx, None, jnp.asarray(x0), jnp.full((2,), t, jnp.int32), jnp.asarray(noise),
+  got = dl.vlb_term(ctx, None, jnp.asarray(x0), jnp.full((2,), t, jnp.int32), jnp.asarray(eps),
                     jax.random.PRNGKey(0), variance=variance, clip_x0=False)
-  expected = _numpy_vlb_term(betas, x0.astype(np.float64), t, noise.astype(np.float64), eps_fn, variance)
+  expected = _numpy_vlb_term(betas, x0.astype(np.float64), t, eps.astype(np.float64), eps_fn, variance)
   assert np.all(expected > 0)
   np.testing.assert_allclose(np.asarray(got), expected, rtol=2e-3)
 

@@ -274,7 +274,7 @@ MALFORMED = [
     (["--config.optimizer.learning_rate=-1"], "config.optimizer.learning_rate: must be > 0"),
     (["--config.optimizer.b1=1.5"], "config.optimizer.b1: b1 and b2 must be in [0, 1)"),
     (["--config.ema.decay=1.5"], "config.ema.decay: must be in [0, 1)"),
-    (["--config.sample.sampler=euler"], "config.sample.sampler: must be one of"),
+    (["--config.sample.sampler=euler"], "config.sample.sampler: unknown diffusion sampler 'euler'; choose one of"),
     (["--config.sample.eta=-1"], "config.sample.eta: must be >= 0"),
     (["--config.loss.name=no_such_module:fn"], "config.loss.name: cannot import module 'no_such_module'"),
     (["--config.method=gann"], "config.method: unknown name 'gann'"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from genimg_jax import methods
-from genimg_jax.losses import diffusion as dl
+from genimg_jax.losses import noise
 from genimg_jax.methods import diffusion_samplers as samplers
 from helpers import tiny_config
 
@@ -30,7 +30,7 @@ def test_ddim_eta1_all_steps_is_ddpm_with_posterior_variance(name, clip_x0):
   rng = jax.random.PRNGKey(3)
   for dtype, atol in ((jnp.float64, 1e-9), (jnp.float32, 1e-3)):
     with jax.enable_x64(dtype == jnp.float64):
-      schedule = dl.Schedule.from_betas(dl.beta_schedule(name, 1000), dtype=dtype)
+      schedule = noise.Schedule.from_betas(noise.beta_schedule(name, 1000), dtype=dtype)
       predict = _toy_predictor(schedule)
       ddpm = samplers.ddpm(predict, schedule, rng, shape, variance="beta_tilde", clip_x0=clip_x0)
       ddim = samplers.ddim(predict, schedule, rng, shape, num_steps=1000, eta=1.0, clip_x0=clip_x0)
@@ -45,7 +45,7 @@ def test_ddim_eta1_all_steps_is_ddpm_with_posterior_variance(name, clip_x0):
 
 def test_ddim_eta0_with_perfect_denoiser_recovers_the_image():
   """A denoiser that knows x0 gives x0 back from pure noise in a few deterministic steps."""
-  schedule = dl.Schedule.from_betas(dl.beta_schedule("linear", 1000))
+  schedule = noise.Schedule.from_betas(noise.beta_schedule("linear", 1000))
   target = jnp.linspace(-0.9, 0.9, 2 * 4 * 4).reshape(2, 4, 4, 1)
 
   def predict(x, t):
@@ -116,3 +116,26 @@ def test_image_i_is_drawn_with_fold_in_key_i_whatever_the_batch(data_dir, family
   if classes:  # Another class gives another image from the same noise.
     other = functions.sampler(method, mesh, 4, (0,))(params, key, 0)
     assert np.abs(other - whole).max() > 1e-3
+
+
+def test_a_registered_sampler_is_selectable_by_name_and_the_names_are_listed(data_dir, monkeypatch):
+  from genimg_jax.errors import ConfigError
+
+  def last_x0(predict, schedule, rng, shape, options):
+    """One denoiser call at the last timestep: x0_hat of x_T."""
+    x = samplers.initial_noise(rng, schedule, shape)
+    return predict(x, jnp.full((shape[0],), schedule.num_timesteps - 1, jnp.int32))[0]
+
+  # What `@samplers.SAMPLERS.register("last_x0")` on the function does, undone after the test.
+  monkeypatch.setitem(samplers.SAMPLERS, "last_x0", last_x0)
+  config = tiny_config(data_dir)
+  config.unlock()
+  config.sample.sampler = "last_x0"
+  method = methods.make(config)
+  params = jax.jit(method.init)(jax.random.PRNGKey(0)).ema_params
+  images = jax.jit(method.sample, static_argnums=2)(params, jax.random.PRNGKey(1), 2)
+  assert images.shape == (2, 8, 8, 1) and float(jnp.max(jnp.abs(images))) <= 1.0
+  config.sample.sampler = "nope"
+  with pytest.raises(ConfigError, match="config.sample.sampler: unknown diffusion sampler 'nope'; "
+                                        "choose one of ddim, ddpm, last_x0"):
+    methods.make(config)

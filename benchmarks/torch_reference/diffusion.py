@@ -22,7 +22,7 @@ from torch import nn
 
 from benchmarks.torch_reference import Reference, autocast, make_ema, make_update, maybe_compile
 from benchmarks.torch_reference.layers import GROUP_NORM_EPS, Upsample, conv3x3, lecun_normal_
-from genimg_jax.losses.diffusion import beta_schedule  # NumPy float64 betas, computed once on the host
+from genimg_jax.losses.noise import beta_schedule  # NumPy float64 betas, computed once on the host
 
 PREDICTIONS = ("eps", "v", "x0")
 LOSSES = ("simple",)

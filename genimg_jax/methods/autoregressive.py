@@ -9,7 +9,8 @@ import ml_collections
 from genimg_jax.config import require
 from genimg_jax.losses import autoregressive as arl
 from genimg_jax.methods import autoregressive_sampling as sampling
-from genimg_jax.methods.base import Method, TrainState, compute_dtype, gradient_step, make_optimizer, optimizer_config
+from genimg_jax.methods.base import (Method, compute_dtype, initial_state, loss_train_step, make_optimizer,
+                                     optimizer_config)
 from genimg_jax.models import transformer
 from genimg_jax.registry import lookup
 
@@ -101,13 +102,9 @@ def make(config: ml_collections.ConfigDict) -> Method:
   def init(rng):
     tokens = jnp.zeros((1, model.seq_len), jnp.int32)
     params = model.init({"params": rng}, tokens, jnp.zeros((1,), jnp.int32) if conditional else None)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      ema_params=params)
+    return initial_state(params, tx)
 
-  def train_step(state, batch, rng):
-    grad_fn = jax.value_and_grad(functools.partial(loss_fn, ctx=train_ctx), has_aux=True)
-    (loss, metrics), grads = grad_fn(state.params, batch, rng)
-    return gradient_step(state, grads, dict(metrics, loss=loss), tx, learning_rate, ema_decay)
+  train_step = loss_train_step(functools.partial(loss_fn, ctx=train_ctx), tx, learning_rate, ema_decay)
 
   def eval_step(params, batch, rng):
     _, metrics = loss_fn(params, batch, rng, ctx=eval_ctx)

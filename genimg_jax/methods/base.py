@@ -115,6 +115,21 @@ def make_optimizer(opt: ml_collections.ConfigDict, field: str = "optimizer"):
   return tx, learning_rate
 
 
+def initial_state(params: PyTree, tx) -> TrainState:
+  """Step 0 of a one-network method: `params` (float32), tx's fresh state, the EMA equal to params."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=params)
+
+
+def loss_train_step(loss_fn, tx, learning_rate, ema_decay: float):
+  """train_step(state, batch, rng) -> (state, metrics) of a method trained on one pure loss
+  loss_fn(params, batch, rng) -> (scalar, metrics): its gradient, then `gradient_step`."""
+  def train_step(state: TrainState, batch, rng: jax.Array):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    return gradient_step(state, grads, dict(metrics, loss=loss), tx, learning_rate, ema_decay)
+
+  return train_step
+
+
 def gradient_step(state: TrainState, grads: PyTree, metrics: Metrics, tx, learning_rate,
                   ema_decay: float) -> tuple[TrainState, Metrics]:
   """One `tx` update of state.params by `grads` (a pytree like params, float32), then the EMA.

@@ -1,22 +1,27 @@
-"""Reverse-process samplers: DDPM ancestral (Ho et al. 2020) and DDIM (Song et al. 2021).
+"""Reverse-process samplers by name (`sample.sampler`): DDPM ancestral (Ho et al. 2020) and DDIM
+(Song et al. 2021), on the coefficients of genimg_jax.losses.noise.
 
 Each runs its whole loop in one `lax.scan`. `predict(x_t, t) -> (x0_hat, eps_hat)`
 is the denoiser in eval mode. The noise added at timestep t is
 normal(fold_in(rng, t)), so two samplers visiting the same timesteps with the
 same `rng` see the same noise; x_T is normal(fold_in(rng, T)).
+A new sampler is one function decorated with `@SAMPLERS.register(name)`, taking
+(predict, schedule, rng, shape, options) with options the config's `sample` section.
 """
 
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from genimg_jax.losses.diffusion import Schedule
+from genimg_jax.losses import noise
+from genimg_jax.losses.noise import Schedule
+from genimg_jax.registry import Registry
 
 Predictor = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-SAMPLERS = ("ddpm", "ddim")
-DDPM_VARIANCES = ("beta_tilde", "beta")
+SAMPLERS = Registry("sample.sampler", "diffusion sampler")
 
 
 def initial_noise(rng: jax.Array, schedule: Schedule, shape) -> jax.Array:
@@ -29,34 +34,32 @@ def _step_noise(rng, t, shape, dtype):
 
 
 def _x0_eps(predict, schedule, x, t, clip_x0):
-  """The denoiser's (x0_hat, eps_hat); when clipping, eps_hat is re-derived from the clipped x0."""
+  """The denoiser's (x0_hat, eps_hat); when clipping, eps_hat is re-derived from the clipped x0
+  (the x0-parameterisation's inverse)."""
   tb = jnp.full((x.shape[0],), t, jnp.int32)
   x0, eps = predict(x, tb)
   if clip_x0:
     x0 = jnp.clip(x0, -1.0, 1.0)
-    abar = schedule.alphas_cumprod[t]
-    eps = (x - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)
+    eps = schedule.parameterizations["x0"].x0_eps(x0, x, tb)[1]
   return x0, eps
 
 
-def ddpm(predict: Predictor, schedule: Schedule, rng: jax.Array, shape, *,
-         variance: str = "beta_tilde", clip_x0: bool = True) -> jax.Array:
-  """Ancestral sampling through all T steps. Returns x_0 [B, H, W, C] float32.
+def ddpm(predict: Predictor, schedule: Schedule, rng: jax.Array, shape, *, variance: str = "beta_tilde",
+         clip_x0: bool = True) -> jax.Array:
+  """Ancestral sampling through all T steps. Returns x_0 [B, H, W, C] in the schedule's dtype.
 
-  x_{t-1} = mu~_t(x0_hat, x_t) + sigma_t z, with sigma_t^2 = beta-tilde_t (the
-  posterior variance, "fixedsmall") or beta_t ("fixedlarge"); no noise at t = 0.
+  x_{t-1} = mu~_t(x0_hat, x_t) + sigma_t z (the posterior mean with the schedule's float64-computed
+  coefficients), sigma_t^2 = beta-tilde_t (the posterior variance, "fixedsmall") or beta_t
+  ("fixedlarge"); no noise at t = 0.
   """
-  if variance not in DDPM_VARIANCES:
-    raise ValueError(f"unknown DDPM variance {variance!r}; choose one of {DDPM_VARIANCES}")
-  var = schedule.posterior_variance if variance == "beta_tilde" else schedule.betas
+  if variance not in noise.REVERSE_VARIANCES:
+    raise ValueError(f"unknown DDPM variance {variance!r}; choose one of {noise.REVERSE_VARIANCES}")
+  std = jnp.sqrt(schedule.posterior_variance if variance == "beta_tilde" else schedule.betas)
 
   def step(x, t):
     x0, _ = _x0_eps(predict, schedule, x, t, clip_x0)
-    beta, abar, abar_prev = schedule.betas[t], schedule.alphas_cumprod[t], schedule.alphas_cumprod_prev[t]
-    mean = (beta * jnp.sqrt(abar_prev) / (1.0 - abar)) * x0 + (
-        (1.0 - abar_prev) * jnp.sqrt(1.0 - beta) / (1.0 - abar)) * x
-    noise = _step_noise(rng, t, shape, x.dtype)
-    return mean + jnp.where(t > 0, jnp.sqrt(var[t]), 0.0) * noise, None
+    mean = schedule.posterior_coef_x0[t] * x0 + schedule.posterior_coef_xt[t] * x
+    return mean + jnp.where(t > 0, std[t], 0.0) * _step_noise(rng, t, shape, x.dtype), None
 
   timesteps = jnp.arange(schedule.num_timesteps - 1, -1, -1, dtype=jnp.int32)
   x, _ = jax.lax.scan(step, initial_noise(rng, schedule, shape), timesteps)
@@ -89,9 +92,22 @@ def ddim(predict: Predictor, schedule: Schedule, rng: jax.Array, shape, *, num_s
     abar_s = jnp.where(s >= 0, schedule.alphas_cumprod[jnp.maximum(s, 0)], 1.0)
     sigma = eta * jnp.sqrt((1.0 - abar_s) / (1.0 - abar) * (1.0 - abar / abar_s))
     direction = jnp.sqrt(jnp.maximum(1.0 - abar_s - sigma**2, 0.0))
-    noise = _step_noise(rng, t, shape, x.dtype)
-    return jnp.sqrt(abar_s) * x0 + direction * eps + sigma * noise, None
+    return jnp.sqrt(abar_s) * x0 + direction * eps + sigma * _step_noise(rng, t, shape, x.dtype), None
 
   pairs = (jnp.asarray(ts[::-1]), jnp.asarray(prev[::-1]))
   x, _ = jax.lax.scan(step, initial_noise(rng, schedule, shape), pairs)
   return x
+
+
+@SAMPLERS.register("ddpm")
+def ddpm_sampler(predict: Predictor, schedule: Schedule, rng: jax.Array, shape,
+                 options: ml_collections.ConfigDict) -> jax.Array:
+  """`ddpm` with options.ddpm_variance and options.clip_x0 (options.steps is not used: all T steps)."""
+  return ddpm(predict, schedule, rng, shape, variance=options.ddpm_variance, clip_x0=options.clip_x0)
+
+
+@SAMPLERS.register("ddim")
+def ddim_sampler(predict: Predictor, schedule: Schedule, rng: jax.Array, shape,
+                 options: ml_collections.ConfigDict) -> jax.Array:
+  """`ddim` over options.steps timesteps with options.eta and options.clip_x0."""
+  return ddim(predict, schedule, rng, shape, num_steps=options.steps, eta=options.eta, clip_x0=options.clip_x0)

@@ -17,7 +17,8 @@ import ml_collections
 from genimg_jax.config import require
 from genimg_jax.losses import elbo as elbo_lib
 from genimg_jax.losses import likelihoods
-from genimg_jax.methods.base import Method, TrainState, compute_dtype, gradient_step, make_optimizer, optimizer_config
+from genimg_jax.methods.base import (Method, compute_dtype, gradient_step, initial_state, make_optimizer,
+                                     optimizer_config)
 from genimg_jax.models.vae import LATENT_TYPES, VAE, latent_shape
 
 SAMPLE_MODES = ("mean", "sample")
@@ -177,8 +178,7 @@ def make(config: ml_collections.ConfigDict) -> Method:
     x = jnp.zeros((1,) + parts.image_shape, jnp.float32)
     noise = jnp.zeros((1,) + parts.latent_shape, jnp.float32)
     params = parts.model.init({"params": rng}, x, noise)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      ema_params=params)
+    return initial_state(params, tx)
 
   def loss_fn(params, x, rng, step):
     """Training objective in nats per dimension: (-log p(x|z) + beta * KL) / (H W C)."""
