@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
 import PIL.Image
@@ -31,6 +30,7 @@ import tensorflow_datasets as tfds
 
 from genimg_jax.data import preprocess
 from genimg_jax.errors import DataError, warn
+from genimg_jax.files import atomic_open
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 KINDS = ("folder", "npz")
@@ -138,11 +138,8 @@ def cached_content_key(source: Source, index_path: str) -> str:
       index = {}  # A damaged index only costs a re-hash.
   if fingerprint not in index:
     index[fingerprint] = content_key(source)
-    os.makedirs(os.path.dirname(index_path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(index_path), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_open(index_path) as f:  # Concurrent readers never see half a file.
       json.dump(index, f)
-    os.replace(tmp, index_path)  # Atomic, so concurrent readers never see half a file.
   return index[fingerprint]
 
 

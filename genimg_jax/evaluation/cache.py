@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 
 from genimg_jax.data import datasets
+from genimg_jax.files import atomic_open
 
 FEATURE_NETS_DIR = "genimg_feature_nets"
 REFERENCE_DIR = "genimg_reference_stats"
@@ -32,10 +33,8 @@ def save_npz(path: str, **arrays) -> None:
   """Writes a plain .npz from process 0 only, through a temporary file, so no reader sees half a file."""
   if jax.process_index() != 0:
     return
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  temporary = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(temporary, **arrays)
-  os.replace(temporary, path)
+  with atomic_open(path, "wb") as f:
+    np.savez(f, **arrays)
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:

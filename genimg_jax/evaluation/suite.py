@@ -18,6 +18,7 @@ from genimg_jax import images as images_lib
 from genimg_jax import seeds
 from genimg_jax.data import datasets
 from genimg_jax.errors import ConfigError
+from genimg_jax.files import atomic_open
 from genimg_jax.evaluation import features, held_out, inception_weights, metrics, reference
 from genimg_jax.methods.base import Method
 from genimg_jax.parallel import functions
@@ -216,10 +217,8 @@ def write_report(workdir: str, report: dict) -> str:
     if os.path.isfile(path):
       with open(path) as f:
         merged["metrics"] = dict(json.load(f).get("metrics", {}), **report["metrics"])
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
+    with atomic_open(path) as f:
       json.dump(merged, f, indent=2)
-    os.replace(path + ".tmp", path)
   return path
 
 
