@@ -124,3 +124,47 @@ def test_flow_ode_with_the_exact_velocity_transports_noise_to_a_gaussian_mixture
   assert np.mean(left) == pytest.approx(-1.0, abs=0.01) and np.std(left) == pytest.approx(0.1, rel=0.05)
   assert np.mean(right) == pytest.approx(1.0, abs=0.01) and np.std(right) == pytest.approx(0.2, rel=0.05)
   assert ode_samplers.flow_ode_nfe(steps, method) == steps * (2 if method == "heun" else 1)
+
+
+def _batch():
+  return {"image": jax.random.uniform(jax.random.PRNGKey(5), (6, 4, 4, 2), minval=-1, maxval=1)}
+
+
+def test_edm_loss_is_zero_for_the_exact_network_and_weights_the_error_by_lambda():
+  """With F = the exact target (x0 - c_skip x) / c_out the loss is 0; with F = 0 it is the mean of
+  lambda ||(c_skip - 1) x0 + c_skip sigma n||^2, recomputed here from the same draws."""
+  batch, rng = _batch(), jax.random.PRNGKey(7)
+  x0 = batch["image"]
+  sigma_rng, noise_rng, _ = jax.random.split(rng, 3)
+  sigma = cont.edm_training_sigmas(sigma_rng, 6)
+  n = jax.random.normal(noise_rng, x0.shape)
+  exact = lambda p, x_in, c_noise, r: (x0 - cont.edm_preconditioning(sigma)[0][:, None, None, None] * (
+      x0 + sigma[:, None, None, None] * n)) / cont.edm_preconditioning(sigma)[1][:, None, None, None]
+  loss, _ = cont.edm_loss(None, batch, rng, ctx=cont.ContinuousContext(exact))
+  assert float(loss) == pytest.approx(0.0, abs=1e-9)
+  zero = lambda p, x_in, c_noise, r: jnp.zeros_like(x_in)
+  loss, _ = cont.edm_loss(None, batch, rng, ctx=cont.ContinuousContext(zero))
+  s64, n64, x64 = (np.asarray(a, np.float64) for a in (sigma, n, x0))
+  c_skip = 0.25 / (s64**2 + 0.25)
+  err = (c_skip[:, None, None, None] - 1) * x64 + (c_skip * s64)[:, None, None, None] * n64
+  want = np.mean((s64**2 + 0.25) / (s64 * 0.5) ** 2 * np.mean(err**2, axis=(1, 2, 3)))
+  assert float(loss) == pytest.approx(want, rel=1e-4)
+
+
+def test_flow_loss_is_zero_for_the_true_velocity_and_has_the_finite_difference_gradient():
+  batch, rng = _batch(), jax.random.PRNGKey(8)
+  x0 = batch["image"]
+  t_rng, noise_rng, _ = jax.random.split(rng, 3)
+  eps = jax.random.normal(noise_rng, x0.shape)
+  true = lambda p, x_t, t, r: eps - x0
+  assert float(cont.flow_loss(None, batch, rng, ctx=cont.ContinuousContext(true))[0]) == pytest.approx(0, abs=1e-12)
+  linear = cont.ContinuousContext(lambda p, x_t, t, r: p["w"] * x_t + p["b"] * t[:, None, None, None])
+  f = lambda w, b: cont.flow_loss({"w": w, "b": b}, batch, rng, ctx=linear)[0]
+  grad = jax.grad(f, argnums=(0, 1))(jnp.float32(0.3), jnp.float32(-0.2))
+  h = 1e-3
+  for i, g in enumerate(grad):
+    args_plus, args_minus = [0.3, -0.2], [0.3, -0.2]
+    args_plus[i] += h
+    args_minus[i] -= h
+    numeric = (float(f(*map(jnp.float32, args_plus))) - float(f(*map(jnp.float32, args_minus)))) / (2 * h)
+    assert float(g) == pytest.approx(numeric, rel=2e-3)

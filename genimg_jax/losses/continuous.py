@@ -7,6 +7,9 @@ log-normal sigma with the weight lambda(sigma) = (sigma^2 + sigma_data^2) / (sig
 Flow: x_t = (1 - t) x_0 + t eps, t in [0, 1]; the network predicts the velocity eps - x_0.
 """
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,3 +79,44 @@ def flow_training_times(rng: jax.Array, num: int, schedule: str = "uniform") -> 
   if schedule == "logit_normal":
     return jax.nn.sigmoid(jax.random.normal(rng, (num,), jnp.float32))
   raise ValueError(f"unknown flow time schedule {schedule!r}; choose uniform or logit_normal")
+
+
+@dataclasses.dataclass(frozen=True)
+class ContinuousContext:
+  """What the continuous-time losses need besides (params, batch, rng); static under jit.
+
+  network(params, x_in [B, H, W, C], noise_label [B] float32, rng) -> output [B, H, W, C] in training
+  mode: for EDM the raw F of D = c_skip x + c_out F(c_in x; c_noise), for flow the velocity.
+  """
+
+  network: Callable[..., jax.Array]
+  sigma_data: float = SIGMA_DATA
+  p_mean: float = P_MEAN
+  p_std: float = P_STD
+  time_schedule: str = "uniform"  # flow: uniform | logit_normal
+
+
+def edm_loss(params, batch: dict, rng: jax.Array, *, ctx: ContinuousContext):
+  """EDM's training loss (Karras et al. 2022, eq. 2 with Table 1): ln(sigma) ~ N(P_mean, P_std^2),
+  x = x0 + sigma n, loss = mean of lambda(sigma) ||D(x; sigma) - x0||^2 over pixels and images.
+  batch["image"]: [B, H, W, C] float32 in [-1, 1]. Returns (scalar, metrics)."""
+  x0 = batch["image"]
+  sigma_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
+  sigma = edm_training_sigmas(sigma_rng, x0.shape[0], ctx.p_mean, ctx.p_std)
+  x = x0 + sigma.reshape((-1,) + (1,) * (x0.ndim - 1)) * jax.random.normal(noise_rng, x0.shape, x0.dtype)
+  denoised = edm_denoiser(lambda x_in, c_noise: ctx.network(params, x_in, c_noise, dropout_rng), ctx.sigma_data)
+  per_image = jnp.mean(jnp.square(denoised(x, sigma) - x0), axis=tuple(range(1, x0.ndim)))
+  loss = jnp.mean(edm_loss_weight(sigma, ctx.sigma_data) * per_image)
+  return loss, {"loss": loss}
+
+
+def flow_loss(params, batch: dict, rng: jax.Array, *, ctx: ContinuousContext):
+  """Conditional flow matching: t from ctx.time_schedule, x_t = (1 - t) x0 + t eps, loss = mean
+  squared error of the predicted velocity against eps - x0. Returns (scalar, metrics)."""
+  x0 = batch["image"]
+  t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
+  t = flow_training_times(t_rng, x0.shape[0], ctx.time_schedule)
+  eps = jax.random.normal(noise_rng, x0.shape, x0.dtype)
+  velocity = ctx.network(params, flow_interpolate(x0, eps, t), t, dropout_rng)
+  loss = jnp.mean(jnp.square(velocity - flow_velocity_target(x0, eps)))
+  return loss, {"loss": loss}
