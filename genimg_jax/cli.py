@@ -158,7 +158,8 @@ def _sample(args) -> None:
   if sink:
     sink.close()
   settings = " ".join(f"{k}={v}" for k, v in run.config.sample.items()) if "sample" in run.config else "-"
-  print(f"{args.out}: {args.num} samples from step {run.step} ({settings}), seed {args.seed}"
+  print(f"{args.out}: {args.num} samples from step {run.step} ({settings}, nfe={run.method.sample_nfe}), "
+        f"seed {args.seed}"
         + (f", labels {args.labels}" if args.labels else ""))
 
 

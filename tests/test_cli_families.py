@@ -1,6 +1,6 @@
 """Every family's digits config through the real `genimg` command, as a user runs it.
 
-For ddpm, vae, dcgan, dcgan_cond and igpt: `genimg train` a few steps, train again (it resumes),
+For ddpm, edm, flow, vae, dcgan, dcgan_cond and igpt: `genimg train` a few steps, train again (it resumes),
 `genimg sample`, `genimg eval`, `genimg data show`, `genimg config show` and `genimg plot`. Each
 must exit 0 with no traceback and write what it promises; a command that does not apply to a
 family exits 2 with one line saying so. The configs are the digits demos shrunk to compile and
@@ -27,6 +27,8 @@ pytestmark = pytest.mark.slow  # Subprocesses: `pytest -m "not slow"` leaves the
 COMMON = {"train.log_every": 2, "train.checkpoint_every": 2, "train.num_samples": 4, "eval.num_samples": 20,
           "eval.batch_size": 10}
 SMALL_GAN = {"model.z_dim": 16, "model.g_ch": 16, "model.d_ch": 16, "train.batch_size": 16}
+SMALL_UNET = dict({k: v for k, v in TINY_OVERRIDES.items() if k.split(".")[0] in ("data", "model")},
+                  **{"train.batch_size": 16, "sample.steps": 3, "train.eval_batches": 1})
 # family: (config, its shrinking overrides, `genimg eval --metrics` (None: the config's own)).
 FAMILIES = {
     # The ddpm run also evaluates while training, keeps the best checkpoint, and trains the README's loss.
@@ -36,6 +38,8 @@ FAMILIES = {
     "vae": ("vae_digits", {"data.image_size": 8, "model.ch": 8, "model.ch_mult": (1, 2), "model.latent_dim": 4,
                            "likelihood.num_mixtures": 2, "eval.iwae_samples": 4, "eval.iwae_chunk_size": 4,
                            "train.batch_size": 16, "train.eval_batches": 1}, "fid,bpd"),
+    "edm": ("edm_digits", SMALL_UNET, "fid,bpd"),
+    "flow": ("flow_digits", SMALL_UNET, "fid,bpd"),
     "dcgan": ("dcgan_digits", SMALL_GAN, None),
     "dcgan_cond": ("dcgan_digits_cond", SMALL_GAN, "fid,is"),
     "igpt": ("igpt_digits", {"data.image_size": 8, "model.num_layers": 1, "model.width": 16, "model.num_heads": 2,
@@ -131,7 +135,7 @@ def test_sample_writes_a_grid(run):
   out = run.root / "grid.png"
   result = ok(run.genimg("sample", "--workdir", run.workdir, "--num", "5", "--out", out, *args))
   assert f"{out}: 5 samples from step 4" in result.stdout
-  size = 8 if run.family in ("ddpm", "vae", "igpt") else 16
+  size = 16 if run.family.startswith("dcgan") else 8
   assert PIL.Image.open(out).size == (3 * (size + 2) + 2, 2 * (size + 2) + 2)  # 3 columns, 2 rows.
 
 

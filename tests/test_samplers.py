@@ -139,3 +139,26 @@ def test_a_registered_sampler_is_selectable_by_name_and_the_names_are_listed(dat
   with pytest.raises(ConfigError, match="config.sample.sampler: unknown diffusion sampler 'nope'; "
                                         "choose one of ddim, ddpm, last_x0"):
     methods.make(config)
+
+
+@pytest.mark.parametrize("process,sampler,steps,nfe", [
+    ("ddpm", "ddpm", 5, 100), ("ddpm", "ddim", 5, 5), ("edm", "heun", 18, 35), ("flow", "euler", 50, 50),
+    ("flow", "heun", 25, 50)])
+def test_each_process_reports_the_network_evaluations_of_its_sampler(data_dir, process, sampler, steps, nfe):
+  config = tiny_config(data_dir)
+  config.unlock()
+  config.diffusion.process, config.sample.sampler, config.sample.steps = process, sampler, steps
+  config.sample.preview_sampler = ""  # ddpm_digits previews with DDIM, a sampler of the ddpm process only.
+  assert methods.make(config).sample_nfe == nfe
+
+
+@pytest.mark.parametrize("process,sampler,names", [("edm", "ddim", "heun"), ("flow", "ddpm", "euler, heun"),
+                                                    ("ddpm", "heun", "ddim, ddpm")])
+def test_a_sampler_of_another_process_is_refused_with_the_process_names(data_dir, process, sampler, names):
+  from genimg_jax.errors import ConfigError
+
+  config = tiny_config(data_dir)
+  config.unlock()
+  config.diffusion.process, config.sample.sampler, config.sample.preview_sampler = process, sampler, ""
+  with pytest.raises(ConfigError, match=f"config.sample.sampler: unknown .*'{sampler}'; choose one of {names}$"):
+    methods.make(config)

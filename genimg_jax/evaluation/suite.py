@@ -84,9 +84,9 @@ def metric_value(values: dict[str, float], name: str) -> float:
   return values[name]
 
 
-def _sampler_settings(config: ml_collections.ConfigDict) -> dict:
-  """The config's `sample` section (the method's sampler settings), or {} if it has none."""
-  return config.sample.to_dict() if "sample" in config else {}
+def _sampler_settings(config: ml_collections.ConfigDict, method: Method) -> dict:
+  """The config's `sample` section (the method's sampler settings) and the network evaluations per image."""
+  return dict(config.sample.to_dict() if "sample" in config else {}, nfe=method.sample_nfe)
 
 
 class Evaluator:
@@ -141,7 +141,7 @@ class Evaluator:
       generated = self.generated_features(params)
       ref = self._reference
       how = {"feature_net": self._net.name, "num_samples": int(generated["features"].shape[0]),
-             "reference": ref.description, "sampler": _sampler_settings(self.config), "seed": self.seed}
+             "reference": ref.description, "sampler": _sampler_settings(self.config, self.method), "seed": self.seed}
       if "fid" in self.metrics:
         mu, sigma = metrics.feature_statistics(generated["features"])
         results["fid"] = dict(value=metrics.frechet_distance(mu, sigma, ref.mu, ref.sigma), **how)

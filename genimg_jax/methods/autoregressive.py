@@ -127,4 +127,4 @@ def make(config: ml_collections.ConfigDict) -> Method:
     return arl.tokens_to_image(tokens, image_shape)
 
   return Method(init=init, train_step=train_step, sample=sample, eval_step=eval_step,
-                image_shape=image_shape, num_classes=config.model.num_classes)
+                image_shape=image_shape, num_classes=config.model.num_classes, sample_nfe=model.seq_len)

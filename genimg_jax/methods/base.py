@@ -52,6 +52,7 @@ class Method:
   preview_sample: like `sample`, a cheaper sampler for the grids written while training
     (e.g. DDIM-50 for a DDPM); None: `sample`.
   num_classes: > 0 for a class-conditional method (it samples the classes it is given).
+  sample_nfe: network evaluations `sample` makes per image (reported with its samples).
   networks: the keys of `params` that are separately parameterised networks (a GAN's
     generator and discriminator); empty when `params` is one network.
   """
@@ -64,6 +65,7 @@ class Method:
   image_grids: Callable[[PyTree, Batch, jax.Array], dict[str, jax.Array]] | None = None
   preview_sample: Callable[..., jax.Array] | None = None
   num_classes: int = 0
+  sample_nfe: int = 1
   networks: tuple[str, ...] = ()
 
 

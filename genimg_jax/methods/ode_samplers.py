@@ -11,6 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genimg_jax.losses import continuous
+from genimg_jax.registry import Registry
+
 
 def edm_heun_nfe(num_steps: int) -> int:
   """Denoiser calls of `edm_heun` over num_steps steps: 2N - 1."""
@@ -82,3 +85,36 @@ def flow_ode(velocity, times: np.ndarray, x1: jax.Array, method: str = "euler") 
   times = jnp.asarray(times, jnp.float32)
   x, _ = jax.lax.scan(step, x1, (times[:-1], times[1:]))
   return x
+
+
+# name -> sampler(denoise, rng, shape, options, process) -> x_0, with denoise(x, sigma [B]) -> D(x; sigma),
+# options the config's `sample` section and process its `diffusion` section (sigma_min, sigma_max, rho).
+EDM_SAMPLERS = Registry("sample.sampler", "EDM sampler")
+# name -> sampler(velocity, rng, shape, options) -> x_0, with velocity(x, t [B]) -> dx/dt.
+FLOW_SAMPLERS = Registry("sample.sampler", "flow sampler")
+
+
+@EDM_SAMPLERS.register("heun")
+def edm_heun_sampler(denoise, rng, shape, options, process) -> jax.Array:
+  """`edm_heun` over options.steps levels of edm_sigma_steps, with the churn settings s_churn,
+  s_tmin, s_tmax, s_noise."""
+  sigmas = continuous.edm_sigma_steps(options.steps, process.sigma_min, process.sigma_max, process.rho)
+  return edm_heun(denoise, sigmas, rng, shape, s_churn=options.s_churn, s_tmin=options.s_tmin,
+                  s_tmax=options.s_tmax, s_noise=options.s_noise)
+
+
+def _prior(rng, shape) -> jax.Array:
+  """x_1 ~ N(0, I) [shape] float32, from normal(fold_in(rng, 0))."""
+  return jax.random.normal(jax.random.fold_in(rng, 0), shape, jnp.float32)
+
+
+@FLOW_SAMPLERS.register("euler")
+def flow_euler_sampler(velocity, rng, shape, options) -> jax.Array:
+  """`flow_ode` with Euler steps over options.steps evenly spaced times, from x_1 ~ N(0, I)."""
+  return flow_ode(velocity, flow_times(options.steps), _prior(rng, shape), "euler")
+
+
+@FLOW_SAMPLERS.register("heun")
+def flow_heun_sampler(velocity, rng, shape, options) -> jax.Array:
+  """`flow_ode` with Heun steps over options.steps evenly spaced times, from x_1 ~ N(0, I)."""
+  return flow_ode(velocity, flow_times(options.steps), _prior(rng, shape), "heun")
