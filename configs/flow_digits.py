@@ -4,43 +4,26 @@ velocity eps - x0 of x_t = (1 - t) x0 + t eps (uniform t), sampled by 50 Euler s
 Command:
   genimg train --config configs/flow_digits.py --workdir runs/flow_digits
 Hardware: sized for a 2-core CPU (no accelerator).
-Wall time: WALL
-Expected result: RESULT
+Wall time: about 9 minutes on 2 cores (8 min 23 s measured on a 2-core CPU, 2026-12-01: 1500 steps
+  on two CPU devices, Euler-50 grids at steps 500, 1000 and 1500).
+Expected result: samples/step_0001500.png shows 64 recognisable digits; the flow-matching loss is
+  0.98 at step 100 and 0.166 at step 1500 (metrics.jsonl).
+  `genimg eval --workdir runs/flow_digits --metrics fid,is,pr --num_samples 1000` (classifier
+  features, seed 0, Euler 50 steps, 50 NFE): FID 10.0, IS 8.70, precision 0.67, recall 0.93 (same run).
 """
 
-from genimg_jax.config import base_config
-from genimg_jax.methods import diffusion
+import os
+
+from genimg_jax.config import load_file
 
 
 def get_config():
-  config = base_config()
-  config.method = "diffusion"
-  config.update(diffusion.default_config())
+  # ddpm_digits' data, UNet, optimizer and training, as a rectified flow.
+  config = load_file(os.path.join(os.path.dirname(__file__), "ddpm_digits.py"))
   config.diffusion.process = "flow"
   config.diffusion.time_schedule = "uniform"
-
-  config.data.name = "digits"
-  config.data.image_size = 16
-  config.data.channels = 1
-  config.data.train_split, config.data.eval_split = "train", "test"
-
-  config.model.ch = 32
-  config.model.ch_mult = (1, 2, 2)
-  config.model.num_res_blocks = 1
-  config.model.attn_resolutions = (4,)
-  config.model.dropout = 0.0
-  config.model.norm_groups = 8
-
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.warmup_steps = 200
-  config.ema.decay = 0.999
-
-  config.train.steps = 1500
-  config.train.batch_size = 64
-  config.train.log_every = 100
-  config.train.checkpoint_every = 500
-  config.train.sample_every = 500  # the same noise every time
   config.sample.sampler = "euler"
   config.sample.steps = 50
-  config.train.num_samples = 64
+  config.sample.preview_sampler = ""  # the grids every 500 steps use Euler-50 too (the same noise every time)
+  config.train.steps = 1500
   return config
