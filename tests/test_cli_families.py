@@ -262,6 +262,15 @@ def test_eval_without_inception_weights_says_how_to_get_them(trained, tmp_path):
   assert f"genimg eval convert-inception --pth pt_inception-2015-12-05-6726825d.pth --out {missing}" in line
 
 
+def test_best_and_plot_on_runs_without_them_say_so(trained, tmp_path):
+  run = trained("dcgan")  # Trained without eval.best_metric.
+  one_line_error(run.genimg("sample", "--workdir", run.workdir, "--checkpoint", "best", "--out", "x.png"),
+                 f"{run.path('checkpoints_best')}: no best checkpoint: it is kept by a run trained with "
+                 "--config.eval.every=N --config.eval.best_metric=NAME")
+  one_line_error(run.genimg("plot", "--workdir", str(tmp_path)),
+                 f"{tmp_path}: no metrics.jsonl here: is this a `genimg train` workdir?")
+
+
 @pytest.mark.parametrize("family", ["ddpm", "dcgan"])
 def test_plot_writes_the_loss_and_metric_curves(trained, family, tmp_path):
   run = trained(family)

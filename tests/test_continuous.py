@@ -169,3 +169,16 @@ def test_flow_loss_is_zero_for_the_true_velocity_and_has_the_finite_difference_g
     args_minus[i] -= h
     numeric = (float(f(*map(jnp.float32, args_plus))) - float(f(*map(jnp.float32, args_minus)))) / (2 * h)
     assert float(g) == pytest.approx(numeric, rel=2e-3)
+
+
+def test_sampler_arguments_out_of_range_are_refused():
+  with pytest.raises(ValueError, match="at least one step"):
+    cont.edm_sigma_steps(0)
+  with pytest.raises(ValueError, match="decrease to a final 0"):
+    ode_samplers.edm_heun(lambda x, s: x, np.array([1.0, 2.0, 0.0]), jax.random.PRNGKey(0), (1, 1))
+  with pytest.raises(ValueError, match="at least one step"):
+    ode_samplers.flow_times(0)
+  with pytest.raises(ValueError, match="unknown flow ODE method 'rk4'"):
+    ode_samplers.flow_ode(lambda x, t: x, ode_samplers.flow_times(2), jnp.zeros((1, 1)), "rk4")
+  with pytest.raises(ValueError, match="unknown flow time schedule"):
+    cont.flow_training_times(jax.random.PRNGKey(0), 2, "cosine")

@@ -12,6 +12,7 @@ from genimg_jax import api
 from genimg_jax.errors import ConfigError
 from genimg_jax.evaluation import suite
 from genimg_jax.train import checkpoint as ckpt_lib
+from genimg_jax.train import trainer
 from helpers import read_scalars, tiny_config
 
 
@@ -105,3 +106,12 @@ def test_trainer_evaluates_every_n_steps_and_keeps_the_best_checkpoint(data_dir,
                                                                    "step": best_step}
   logged = read_scalars(workdir)["eval/fid"]
   assert [(s, round(v, 3)) for s, v in logged] == [(s, round(fids[s], 3)) for s in (5, 10)]
+
+
+def test_trainer_without_the_evaluation_it_is_configured_for_says_so(data_dir, tmp_path):
+  config = tiny_config(data_dir, steps=10)
+  config.unlock()
+  config.eval.every = 5
+  with pytest.raises(ConfigError, match="config.eval.every: set, but this train.. call was given no evaluation"):
+    trainer.train(config, str(tmp_path / "run"), show_progress=False)
+  assert not (tmp_path / "run").exists()

@@ -219,6 +219,19 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(two_checkpoints, ca
   assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20.corrupt"]
 
 
+def test_a_corrupt_checkpoint_asked_for_by_step_is_an_error_naming_it(two_checkpoints):
+  """Asked for explicitly (sample/eval --checkpoint 20), a corrupt checkpoint is not replaced by another."""
+  config, workdir = two_checkpoints
+  for path in glob.glob(str(workdir / "checkpoints" / "20" / "state" / "**"), recursive=True):
+    if os.path.isfile(path) and "/d/" in path:
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+  with pytest.raises(CheckpointError, match="unreadable checkpoint") as e:
+    workdir_lib.restore(str(workdir), config, methods.make(config), 20)
+  assert e.value.where == f"{workdir}/checkpoints/20"
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]  # Nothing moved aside.
+
+
 def test_resume_with_other_shapes_fails_before_writing(two_checkpoints):
   config, workdir = two_checkpoints
   config.unlock()

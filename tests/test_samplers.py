@@ -139,6 +139,8 @@ def test_a_registered_sampler_is_selectable_by_name_and_the_names_are_listed(dat
   with pytest.raises(ConfigError, match="config.sample.sampler: unknown diffusion sampler 'nope'; "
                                         "choose one of ddim, ddpm, last_x0"):
     methods.make(config)
+  with pytest.raises(ValueError, match="diffusion sampler 'ddim' is registered twice"):
+    samplers.SAMPLERS.register("ddim")(last_x0)
 
 
 @pytest.mark.parametrize("process,sampler,steps,nfe", [
