@@ -67,15 +67,15 @@ def test_schedules():
 
 @pytest.mark.parametrize("prediction", noise.PREDICTIONS)
 def test_parameterizations_invert(prediction):
-  """to_x0_and_eps applied to the exact target recovers x0 and the noise."""
+  """The record's inverse applied to its exact target recovers x0 and the noise."""
   schedule = noise.Schedule.from_betas(noise.beta_schedule("linear", 1000))
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
   x0 = jax.random.uniform(k1, (6, 4, 4, 2), minval=-1, maxval=1)
   eps = jax.random.normal(k2, x0.shape)
   t = jax.random.randint(k3, (6,), 0, 1000)
   x_t = noise.q_sample(schedule, x0, t, eps)
-  target = noise.prediction_target(prediction, schedule, x0, t, eps)
-  x0_hat, eps_hat = noise.to_x0_and_eps(prediction, schedule, target, x_t, t)
+  record = schedule.parameterizations[prediction]
+  x0_hat, eps_hat = record.x0_eps(record.target(x0, eps, t), x_t, t)
   # Recovering eps from x0 at t near 0 divides by sqrt(1 - abar) ~ 1e-2: looser there.
   chex.assert_trees_all_close(x0_hat, x0, atol=2e-3)
   chex.assert_trees_all_close(eps_hat, eps, atol=5e-2)

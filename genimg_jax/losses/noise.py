@@ -123,16 +123,6 @@ def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) 
   return at(schedule.signal, t, x0.ndim) * x0 + at(schedule.noise, t, x0.ndim) * noise
 
 
-def prediction_target(prediction: str, schedule: Schedule, x0, t, noise) -> jax.Array:
-  """What a network of the given parameterization should output. Shapes as x0."""
-  return schedule.parameterizations[prediction].target(x0, noise, t)
-
-
-def to_x0_and_eps(prediction: str, schedule: Schedule, output, x_t, t):
-  """(x0_hat, eps_hat) from a network output of the given parameterization. Shapes as x_t."""
-  return schedule.parameterizations[prediction].x0_eps(output, x_t, t)
-
-
 def posterior_mean(schedule: Schedule, x0: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
   """The mean of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 7). x0, x_t [B, ...]; t [B] int."""
   return at(schedule.posterior_coef_x0, t, x0.ndim) * x0 + at(schedule.posterior_coef_xt, t, x0.ndim) * x_t
