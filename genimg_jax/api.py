@@ -23,6 +23,7 @@ from genimg_jax.methods.base import Method, TrainState
 from genimg_jax.parallel import functions, runtime
 from genimg_jax.train import trainer, workdir as workdir_lib
 
+
 def load_config(path: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
   """A config file with dotted overrides, {"train.steps": 100, "model.ch_mult": (1, 2)}, checked like
   the command line's `--config.train.steps=100` (ConfigError naming the field)."""

@@ -71,7 +71,6 @@ def test_sample_without_a_run_names_the_workdir(tmp_path):
   assert result.stderr.startswith(f"genimg: error: {tmp_path}: no config.json here")
 
 
-
 def test_sample_with_config_but_no_checkpoint_names_the_directory(tmp_path):
   from genimg_jax import config as config_lib
 

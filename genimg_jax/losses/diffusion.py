@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from genimg_jax.losses import gaussian, noise
 from genimg_jax.losses.noise import Schedule
 
+
 @dataclasses.dataclass(frozen=True)
 class DenoiserContext:
   """What a diffusion loss needs besides (params, batch, rng); static under jit.

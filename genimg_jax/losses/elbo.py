@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from genimg_jax.losses import gaussian
 
 LogLikelihoodFn = Callable[[jax.Array], jax.Array]
+
+
 def reparameterize(mean: jax.Array, log_var: jax.Array, noise: jax.Array) -> jax.Array:
   """z = mean + exp(log_var / 2) * noise: a draw of q(z|x) differentiable in mean and log_var.
 

@@ -15,7 +15,6 @@ from genimg_jax.models import transformer
 from genimg_jax.registry import lookup
 
 
-
 def default_config() -> ml_collections.ConfigDict:
   """The sections the autoregressive method reads, with small ImageGPT-like defaults."""
   return ml_collections.ConfigDict({
