@@ -53,7 +53,7 @@ class Run:
            sample_overrides: Mapping[str, Any] | None = None, fields: Mapping[str, str] | None = None) -> "Run":
     """Reads workdir/config.json and the checkpoint ('latest', 'best' or a step number).
 
-    sample_overrides: {field: value} replacing config.sample fields (sampler, steps, eta);
+    sample_overrides: {field: value} replacing config.sample fields (sampler, steps, eta, guidance);
     `fields` names them in error messages (the CLI passes its flags).
     """
     config = workdir_lib.read_config(workdir)

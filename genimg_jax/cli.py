@@ -9,7 +9,7 @@ import sys
 
 from genimg_jax.errors import ConfigError, Preempted, UserError
 
-SAMPLER_FLAGS = ("sampler", "steps", "eta")
+SAMPLER_FLAGS = ("sampler", "steps", "eta", "guidance")
 EVAL_FLAGS = ("metrics", "num_samples", "batch_size", "feature_net", "reference_split", "inception_weights")
 
 
@@ -17,6 +17,8 @@ def _add_sampler_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--sampler", help="override config.sample.sampler (e.g. ddpm, ddim)")
   parser.add_argument("--steps", type=int, help="override config.sample.steps (DDIM)")
   parser.add_argument("--eta", type=float, help="override config.sample.eta (DDIM)")
+  parser.add_argument("--guidance", type=float,
+                      help="override config.sample.guidance (class-conditional diffusion: classifier-free guidance w)")
 
 
 def _add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:

@@ -127,6 +127,23 @@ def test_flow_ode_with_the_exact_velocity_transports_noise_to_a_gaussian_mixture
   assert ode_samplers.flow_ode_nfe(steps, method) == steps * (2 if method == "heun" else 1)
 
 
+@pytest.mark.parametrize("noise_scale", [0.5, 2.0])
+def test_flow_sde_with_the_exact_velocity_has_the_ode_marginals(noise_scale):
+  """Euler-Maruyama on dx = [v + a eps_hat] dt + sqrt(2 a t) dW reaches the same mixture for any a;
+  with a = 0 it is the Euler ODE step for step."""
+  velocity = _mixture_velocity([0.3, 0.7], [-1.0, 1.0], [0.1, 0.2])
+  x1, rng = jax.random.normal(jax.random.PRNGKey(0), (20000, 1)), jax.random.PRNGKey(1)
+  sde = jax.jit(lambda x1, a: ode_samplers.flow_sde(velocity, ode_samplers.flow_times(400), x1, rng, a))
+  x = np.asarray(sde(x1, noise_scale))
+  left, right = x[x[:, 0] < 0, 0], x[x[:, 0] >= 0, 0]
+  assert len(left) / len(x) == pytest.approx(0.3, abs=0.015)
+  assert np.mean(left) == pytest.approx(-1.0, abs=0.01) and np.std(left) == pytest.approx(0.1, rel=0.06)
+  assert np.mean(right) == pytest.approx(1.0, abs=0.01) and np.std(right) == pytest.approx(0.2, rel=0.06)
+  ode = ode_samplers.flow_ode(velocity, ode_samplers.flow_times(400), x1[:64], "euler")
+  np.testing.assert_allclose(sde(x1[:64], 0.0), ode, atol=1e-5)
+  assert ode_samplers.flow_ode_nfe(400, "euler_maruyama") == 400
+
+
 def _batch():
   return {"image": jax.random.uniform(jax.random.PRNGKey(5), (6, 4, 4, 2), minval=-1, maxval=1)}
 
@@ -139,11 +156,11 @@ def test_edm_loss_is_zero_for_the_exact_network_and_weights_the_error_by_lambda(
   sigma_rng, noise_rng, _ = jax.random.split(rng, 3)
   sigma = cont.edm_training_sigmas(sigma_rng, 6)
   n = jax.random.normal(noise_rng, x0.shape)
-  exact = lambda p, x_in, c_noise, r: (x0 - cont.edm_preconditioning(sigma)[0][:, None, None, None] * (
+  exact = lambda p, x_in, c_noise, r, labels: (x0 - cont.edm_preconditioning(sigma)[0][:, None, None, None] * (
       x0 + sigma[:, None, None, None] * n)) / cont.edm_preconditioning(sigma)[1][:, None, None, None]
   loss, _ = cont.edm_loss(None, batch, rng, ctx=cont.ContinuousContext(exact))
   assert float(loss) == pytest.approx(0.0, abs=1e-9)
-  zero = lambda p, x_in, c_noise, r: jnp.zeros_like(x_in)
+  zero = lambda p, x_in, c_noise, r, labels: jnp.zeros_like(x_in)
   loss, _ = cont.edm_loss(None, batch, rng, ctx=cont.ContinuousContext(zero))
   s64, n64, x64 = (np.asarray(a, np.float64) for a in (sigma, n, x0))
   c_skip = 0.25 / (s64**2 + 0.25)
@@ -157,9 +174,9 @@ def test_flow_loss_is_zero_for_the_true_velocity_and_has_the_finite_difference_g
   x0 = batch["image"]
   t_rng, noise_rng, _ = jax.random.split(rng, 3)
   eps = jax.random.normal(noise_rng, x0.shape)
-  true = lambda p, x_t, t, r: eps - x0
+  true = lambda p, x_t, t, r, labels: eps - x0
   assert float(cont.flow_loss(None, batch, rng, ctx=cont.ContinuousContext(true))[0]) == pytest.approx(0, abs=1e-12)
-  linear = cont.ContinuousContext(lambda p, x_t, t, r: p["w"] * x_t + p["b"] * t[:, None, None, None])
+  linear = cont.ContinuousContext(lambda p, x_t, t, r, labels: p["w"] * x_t + p["b"] * t[:, None, None, None])
   f = lambda w, b: cont.flow_loss({"w": w, "b": b}, batch, rng, ctx=linear)[0]
   grad = jax.grad(f, argnums=(0, 1))(jnp.float32(0.3), jnp.float32(-0.2))
   h = 1e-3

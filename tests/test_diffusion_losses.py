@@ -84,19 +84,19 @@ def test_parameterizations_invert(prediction):
 def test_simple_loss_closed_form():
   """A denoiser that outputs zeros has loss E[target^2]; for eps that is 1."""
   schedule = noise.Schedule.from_betas(noise.beta_schedule("linear", 1000))
-  ctx = dl.DenoiserContext(lambda p, x, t, r: jnp.zeros_like(x), schedule, "eps")
+  ctx = dl.DenoiserContext(lambda p, x, t, r, labels: jnp.zeros_like(x), schedule, "eps")
   x0 = jnp.zeros((256, 16, 16, 1))  # 65536 draws: the mean of noise^2 has std 0.0055.
   loss, metrics = dl.simple_loss(None, {"image": x0}, jax.random.PRNGKey(0), ctx=ctx)
   assert abs(float(loss) - 1.0) < 0.03
   assert float(metrics["loss"]) == float(loss)
   # x0-prediction of an all-zero image with a zero output is exact.
-  ctx = dl.DenoiserContext(lambda p, x, t, r: jnp.zeros_like(x), schedule, "x0")
+  ctx = dl.DenoiserContext(lambda p, x, t, r, labels: jnp.zeros_like(x), schedule, "x0")
   assert float(dl.simple_loss(None, {"image": x0}, jax.random.PRNGKey(0), ctx=ctx)[0]) == 0.0
 
 
 def test_simple_loss_gradient_matches_finite_differences():
   schedule = noise.Schedule.from_betas(noise.beta_schedule("linear", 100))
-  ctx = dl.DenoiserContext(lambda p, x, t, r: p["w"] * x + p["b"], schedule, "v")
+  ctx = dl.DenoiserContext(lambda p, x, t, r, labels: p["w"] * x + p["b"], schedule, "v")
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (8, 4, 4, 1), minval=-1, maxval=1)}
   rng = jax.random.PRNGKey(2)
   f = lambda w, b: dl.simple_loss({"w": w, "b": b}, batch, rng, ctx=ctx)[0]

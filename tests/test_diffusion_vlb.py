@@ -56,7 +56,7 @@ def test_bound_of_the_exact_denoiser_of_one_image_is_prior_plus_decoder():
   schedule = noise.Schedule.from_betas(betas)
   image = _grid_images(np.random.default_rng(1), (1, 4, 4, 1))
   image[0, 0, 0, 0], image[0, 0, 1, 0] = -1.0, 1.0  # Both edge bins appear.
-  ctx = dl.DenoiserContext(lambda params, x_t, t, rng: jnp.broadcast_to(image, x_t.shape), schedule, "x0")
+  ctx = dl.DenoiserContext(lambda params, x_t, t, rng, labels: jnp.broadcast_to(image, x_t.shape), schedule, "x0")
   bound = dl.variational_bound(ctx, None, jnp.asarray(image), jax.random.PRNGKey(0))
   abar = np.cumprod(1 - betas)
   sigma = math.sqrt(betas[1] * (1 - abar[0]) / (1 - abar[1]))
@@ -100,7 +100,8 @@ def test_vlb_terms_equal_a_float64_numpy_reference(variance, t):
   rng = np.random.default_rng(2)
   x0, eps = _grid_images(rng, (2, 3, 3, 2)), rng.normal(size=(2, 3, 3, 2)).astype(np.float32)
   eps_fn = lambda x_t, t: 0.8 * x_t + 0.01 * t  # A deliberately imperfect denoiser.
-  ctx = dl.DenoiserContext(lambda params, x_t, tt, r: 0.8 * x_t + 0.01 * tt[:, None, None, None], schedule, "eps")
+  ctx = dl.DenoiserContext(lambda params, x_t, tt, r, labels: 0.8 * x_t + 0.01 * tt[:, None, None, None], schedule,
+                           "eps")
   got = dl.vlb_term(ctx, None, jnp.asarray(x0), jnp.full((2,), t, jnp.int32), jnp.asarray(eps),
                     jax.random.PRNGKey(0), variance=variance, clip_x0=False)
   expected = _numpy_vlb_term(betas, x0.astype(np.float64), t, eps.astype(np.float64), eps_fn, variance)

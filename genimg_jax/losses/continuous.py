@@ -85,8 +85,9 @@ def flow_training_times(rng: jax.Array, num: int, schedule: str = "uniform") -> 
 class ContinuousContext:
   """What the continuous-time losses need besides (params, batch, rng); static under jit.
 
-  network(params, x_in [B, H, W, C], noise_label [B] float32, rng) -> output [B, H, W, C] in training
-  mode: for EDM the raw F of D = c_skip x + c_out F(c_in x; c_noise), for flow the velocity.
+  network(params, x_in [B, H, W, C], noise_label [B] float32, rng, labels) -> output [B, H, W, C] in
+  training mode: for EDM the raw F of D = c_skip x + c_out F(c_in x; c_noise), for flow the velocity;
+  labels: the batch's "label" [B] int32 (None without one), which an unconditional network ignores.
   """
 
   network: Callable[..., jax.Array]
@@ -104,7 +105,8 @@ def edm_loss(params, batch: dict, rng: jax.Array, *, ctx: ContinuousContext):
   sigma_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
   sigma = edm_training_sigmas(sigma_rng, x0.shape[0], ctx.p_mean, ctx.p_std)
   x = x0 + sigma.reshape((-1,) + (1,) * (x0.ndim - 1)) * jax.random.normal(noise_rng, x0.shape, x0.dtype)
-  denoised = edm_denoiser(lambda x_in, c_noise: ctx.network(params, x_in, c_noise, dropout_rng), ctx.sigma_data)
+  denoised = edm_denoiser(lambda x_in, c_noise: ctx.network(params, x_in, c_noise, dropout_rng, batch.get("label")),
+                          ctx.sigma_data)
   per_image = jnp.mean(jnp.square(denoised(x, sigma) - x0), axis=tuple(range(1, x0.ndim)))
   loss = jnp.mean(edm_loss_weight(sigma, ctx.sigma_data) * per_image)
   return loss, {"loss": loss}
@@ -117,6 +119,6 @@ def flow_loss(params, batch: dict, rng: jax.Array, *, ctx: ContinuousContext):
   t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
   t = flow_training_times(t_rng, x0.shape[0], ctx.time_schedule)
   eps = jax.random.normal(noise_rng, x0.shape, x0.dtype)
-  velocity = ctx.network(params, flow_interpolate(x0, eps, t), t, dropout_rng)
+  velocity = ctx.network(params, flow_interpolate(x0, eps, t), t, dropout_rng, batch.get("label"))
   loss = jnp.mean(jnp.square(velocity - flow_velocity_target(x0, eps)))
   return loss, {"loss": loss}

@@ -20,8 +20,9 @@ from genimg_jax.losses.noise import Schedule
 class DenoiserContext:
   """What a diffusion loss needs besides (params, batch, rng); static under jit.
 
-  denoise(params, x_t [B,H,W,C], t [B] int32, rng) -> network output [B,H,W,C]
-  in the `prediction` parameterization, in training mode (dropout on).
+  denoise(params, x_t [B,H,W,C], t [B] int32, rng, labels) -> network output [B,H,W,C]
+  in the `prediction` parameterization, in training mode (dropout on); labels: the batch's "label"
+  [B] int32 (None without one), which an unconditional network ignores.
   """
 
   denoise: Callable[..., jax.Array]
@@ -48,7 +49,7 @@ def simple_loss(params, batch: dict, rng: jax.Array, *, ctx: DenoiserContext):
   """
   x0 = batch["image"]
   t, eps, x_t, d_rng = noised_batch(ctx, x0, rng)
-  output = ctx.denoise(params, x_t, t, d_rng)
+  output = ctx.denoise(params, x_t, t, d_rng, batch.get("label"))
   target = ctx.schedule.parameterizations[ctx.prediction].target(x0, eps, t)
   loss = jnp.mean(jnp.square(output - target))
   return loss, {"loss": loss}
@@ -90,18 +91,19 @@ def prior_kl(schedule: Schedule, x0: jax.Array) -> jax.Array:
 
 
 def vlb_term(ctx: DenoiserContext, params, x0: jax.Array, t: jax.Array, eps: jax.Array, rng: jax.Array,
-             *, variance: str = "beta_tilde", clip_x0: bool = True) -> jax.Array:
+             *, variance: str = "beta_tilde", clip_x0: bool = True, labels: jax.Array | None = None) -> jax.Array:
   """One term of the bound per image [B], in nats, at x_t = q_sample(x0, t, eps).
 
   t > 0: L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)). t = 0: the
   discretised decoder's -log p(x_0 | x_1) over 8-bit bins. The model's mean is
   the posterior mean at its x0 estimate (clipped to [-1, 1] if clip_x0, as the
   sampler does); its variance is fixed (`reverse_log_variances`). x0 must lie on
-  the 8-bit grid. x0, noise [B, H, W, C]; t [B] int32, one value for the batch.
+  the 8-bit grid. x0, noise [B, H, W, C]; t [B] int32, one value for the batch; labels [B] int32 or None
+  (a class-conditional model's classes).
   """
   s = ctx.schedule
   x_t = noise.q_sample(s, x0, t, eps)
-  x0_hat, _ = s.parameterizations[ctx.prediction].x0_eps(ctx.denoise(params, x_t, t, rng), x_t, t)
+  x0_hat, _ = s.parameterizations[ctx.prediction].x0_eps(ctx.denoise(params, x_t, t, rng, labels), x_t, t)
   if clip_x0:
     x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
   model_mean = noise.posterior_mean(s, x0_hat, x_t, t)
@@ -114,20 +116,22 @@ def vlb_term(ctx: DenoiserContext, params, x0: jax.Array, t: jax.Array, eps: jax
 
 
 def variational_bound(ctx: DenoiserContext, params, x0: jax.Array, rng: jax.Array, *,
-                      variance: str = "beta_tilde", clip_x0: bool = True) -> dict[str, jax.Array]:
+                      variance: str = "beta_tilde", clip_x0: bool = True,
+                      labels: jax.Array | None = None) -> dict[str, jax.Array]:
   """Ho et al.'s L_vlb = L_T + sum_{t>=1} L_{t-1} + L_0 for images x0 [B, H, W, C] on the 8-bit grid.
 
   Every one of the T terms is evaluated (one network call each, in a scan); the
   noise eps of term t is normal(fold_in(rng, t)). Returns per-image [B] float32
   values in nats: 'total', 'prior' (L_T), 'decoder' (L_0) and 'diffusion' (the
-  sum of the T - 1 KL terms). An upper bound on -log P(x0) of the 8-bit image.
+  sum of the T - 1 KL terms). An upper bound on -log P(x0) of the 8-bit image (given `labels` [B]
+  int32 for a class-conditional model).
   """
   def term(total, t):
     tb = jnp.full((x0.shape[0],), t, jnp.int32)
     t_rng = jax.random.fold_in(rng, t)
     eps = jax.random.normal(jax.random.fold_in(t_rng, 0), x0.shape, x0.dtype)
     value = vlb_term(ctx, params, x0, tb, eps, jax.random.fold_in(t_rng, 1), variance=variance,
-                     clip_x0=clip_x0)
+                     clip_x0=clip_x0, labels=labels)
     return total + jnp.where(t > 0, value, 0.0), value
 
   diffusion, per_t = jax.lax.scan(term, jnp.zeros(x0.shape[:1], jnp.float32),

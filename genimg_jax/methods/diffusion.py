@@ -3,14 +3,16 @@ objective, EMA, and sampling by one of the process's registered samplers.
 
 The network is a registered architecture (`model.arch`): a function
 build(config, image_shape, dtype) -> flax module applied as
-module.apply(variables, x [B, H, W, C], noise_label [B], train=...), which checks its own
-config fields. A new one is one function decorated with `@DENOISERS.register(name)`; a new
-process is one decorated with `@PROCESSES.register(name)`, returning a `Process`.
+module.apply(variables, x [B, H, W, C], noise_label [B], labels [B] int32 or None, train=...), which
+checks its own config fields. With model.num_classes > 0 it is class-conditional: trained with label
+dropout (diffusion.label_dropout) and sampled with classifier-free guidance (sample.guidance, inside
+sample.guidance_interval), see methods/guidance.py. A new architecture is one function decorated with
+`@DENOISERS.register(name)`; a new process is one decorated with `@PROCESSES.register(name)`, returning
+a `Process`.
 The noise label is the timestep (ddpm), c_noise = ln(sigma) / 4 (edm), or 999 t (flow).
 """
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -24,7 +26,7 @@ from genimg_jax.losses import diffusion as dl
 from genimg_jax.losses import likelihoods, noise
 from genimg_jax.methods.base import (Method, compute_dtype, initial_state, loss_train_step, make_optimizer,
                                      optimizer_config)
-from genimg_jax.methods import ode_samplers
+from genimg_jax.methods import guidance, ode_samplers
 from genimg_jax.methods.diffusion_samplers import SAMPLERS
 from genimg_jax.models.unet import UNet
 from genimg_jax.registry import Registry, lookup
@@ -50,7 +52,7 @@ def unet(config: ml_collections.ConfigDict, image_shape, dtype) -> nn.Module:
           f"{image_shape[0]} is not divisible by the UNet's downsampling factor {down}")
   return UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, out_ch=image_shape[-1],
-              num_heads=m.num_heads, norm_groups=m.norm_groups, dtype=dtype)
+              num_heads=m.num_heads, norm_groups=m.norm_groups, num_classes=m.num_classes, dtype=dtype)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -60,6 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
           "arch": "unet",  # a name in DENOISERS
           "ch": 128, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 2, "attn_resolutions": (16,),
           "dropout": 0.1, "num_heads": 1, "norm_groups": 32,
+          "num_classes": 0,  # > 0: class-conditional (labels from the data's "label")
           "dtype": "float32",  # compute dtype; parameters stay float32
       },
       "diffusion": {
@@ -71,19 +74,25 @@ def default_config() -> ml_collections.ConfigDict:
           "sigma_data": 0.5, "p_mean": -1.2, "p_std": 1.2, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0,
           # flow (rectified flow): the training times, uniform | logit_normal.
           "time_schedule": "uniform",
+          # Class-conditional models: the probability a training label is replaced by the null label.
+          "label_dropout": 0.1,
       },
       # A built-in loss name ("simple": the process's own objective) or your own pure function as 'module:function'.
       "loss": {"name": "simple"},
       "optimizer": optimizer_config(),
       "ema": {"decay": 0.9999},
       "sample": {
-          "sampler": "ddpm",  # ddpm: ddpm | ddim; edm: heun; flow: euler | heun
+          "sampler": "ddpm",  # ddpm: ddpm | ddim; edm: heun; flow: euler | heun | euler_maruyama
           "steps": 1000,  # DDIM, Heun or Euler steps (DDPM always takes num_timesteps)
           "eta": 0.0,  # DDIM noise scale
           "ddpm_variance": "beta_tilde",  # beta_tilde (fixedsmall) | beta (fixedlarge)
           "clip_x0": True,  # ddpm: clip the x0 estimate to [-1, 1] at every step
           # edm: stochastic churn (Algorithm 2); 0 is the deterministic ODE.
           "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0,
+          "sde_noise": 1.0,  # flow euler_maruyama: a in g(t)^2 = 2 a t (0 is the Euler ODE)
+          # Class-conditional models: out_c + w (out_c - out_u) with w = guidance (0: the conditional
+          # model), applied where the noise level sigma (EDM's units: noise / signal) lies in the interval.
+          "guidance": 0.0, "guidance_interval": (0.0, float("inf")),
           # The grids written while training (train.sample_every): "" uses `sampler` and `steps`.
           "preview_sampler": "",  # "" or one of the process's samplers
           "preview_steps": 50,  # steps of the preview
@@ -98,7 +107,10 @@ class Process:
   losses: built-in objectives by name (config.loss.name), each loss(params, batch, rng, *, ctx).
   train_ctx, eval_ctx: the ctx they take, with the network in training and in eval mode.
   samplers: the registry of the sampler names it takes.
-  draw(name, params, rng, shape, options) -> x_0 [shape] with sampler `name` (options: config.sample).
+  draw(name, net, rng, shape, options) -> x_0 [shape] with sampler `name` (options: config.sample), where
+    net(x [B, H, W, C], noise_label [B]) -> the network's output in eval mode (guided or not).
+  sigma_of(noise_label scalar) -> the noise level in EDM's units (noise / signal ratio), for the
+    guidance interval.
   nfe(name, steps) -> network evaluations of one draw.
   held_out(params, batch, rng) -> {metric: scalar} besides the loss (ddpm's bound), or None.
   """
@@ -108,6 +120,7 @@ class Process:
   eval_ctx: Any
   samplers: Registry
   draw: Callable
+  sigma_of: Callable[[jax.Array], jax.Array]
   nfe: Callable[[str, int], int]
   held_out: Callable | None = None
 
@@ -131,18 +144,22 @@ def ddpm_process(config: ml_collections.ConfigDict, network, image_shape) -> Pro
   schedule = noise.Schedule.from_betas(noise.beta_schedule(d.beta_schedule, d.num_timesteps, d.beta_start,
                                                            d.beta_end))
   parameterization = schedule.parameterizations[d.prediction]
-  denoise = lambda train: lambda params, x_t, t, rng: network(params, x_t, t, rng, train)
+  denoise = lambda train: lambda params, x_t, t, rng, labels: network(params, x_t, t, rng, train, labels)
   eval_ctx = dl.DenoiserContext(denoise(False), schedule, d.prediction)
   num_dims = image_shape[0] * image_shape[1] * image_shape[2]
 
-  def draw(name, params, rng, shape, options):
-    predict = lambda x_t, t: parameterization.x0_eps(network(params, x_t, t, None, False), x_t, t)
+  def draw(name, net, rng, shape, options):
+    predict = lambda x_t, t: parameterization.x0_eps(net(x_t, t), x_t, t)
     return SAMPLERS[name](predict, schedule, rng, shape, options)
+
+  def sigma_of(t):
+    abar = schedule.alphas_cumprod[t]
+    return jnp.sqrt((1.0 - abar) / abar)
 
   def held_out(params, batch, rng):
     """Ho et al.'s variational bound of the sampler's reverse process: nats per image and bits/dim."""
     bound = dl.variational_bound(eval_ctx, params, batch["image"], rng, variance=s.ddpm_variance,
-                                 clip_x0=s.clip_x0)
+                                 clip_x0=s.clip_x0, labels=batch.get("label"))
     metrics = {"vlb_nats": jnp.mean(bound["total"])}
     for part in ("total", "prior", "diffusion", "decoder"):
       name = "vlb_bpd" if part == "total" else f"vlb_{part}_bpd"
@@ -150,7 +167,7 @@ def ddpm_process(config: ml_collections.ConfigDict, network, image_shape) -> Pro
     return metrics
 
   return Process(dl.BUILTIN_LOSSES, dl.DenoiserContext(denoise(True), schedule, d.prediction), eval_ctx, SAMPLERS,
-                 draw, lambda name, steps: d.num_timesteps if name == "ddpm" else steps, held_out)
+                 draw, sigma_of, lambda name, steps: d.num_timesteps if name == "ddpm" else steps, held_out)
 
 
 @PROCESSES.register("edm")
@@ -164,15 +181,14 @@ def edm_process(config: ml_collections.ConfigDict, network, image_shape) -> Proc
   require(s.steps >= 1 and s.preview_steps >= 1, "sample.steps", "steps and preview_steps must be >= 1")
   require(s.s_churn >= 0 and s.s_noise >= 0, "sample.s_churn", "s_churn and s_noise must be >= 0")
   ctx = lambda train: continuous.ContinuousContext(
-      lambda params, x_in, c_noise, rng: network(params, x_in, c_noise, rng, train), d.sigma_data, d.p_mean, d.p_std)
+      lambda params, x_in, c_noise, rng, labels: network(params, x_in, c_noise, rng, train, labels),
+      d.sigma_data, d.p_mean, d.p_std)
 
-  def draw(name, params, rng, shape, options):
-    denoise = continuous.edm_denoiser(lambda x_in, c_noise: network(params, x_in, c_noise, None, False),
-                                      d.sigma_data)
-    return ode_samplers.EDM_SAMPLERS[name](denoise, rng, shape, options, d)
+  def draw(name, net, rng, shape, options):
+    return ode_samplers.EDM_SAMPLERS[name](continuous.edm_denoiser(net, d.sigma_data), rng, shape, options, d)
 
   return Process({"simple": continuous.edm_loss}, ctx(True), ctx(False), ode_samplers.EDM_SAMPLERS, draw,
-                 lambda name, steps: ode_samplers.edm_heun_nfe(steps))
+                 lambda c_noise: jnp.exp(4.0 * c_noise), lambda name, steps: ode_samplers.edm_heun_nfe(steps))
 
 
 FLOW_TIME_SCALE = 999.0  # The flow network's noise label is 999 t, the range of the DDPM UNet's timesteps.
@@ -181,20 +197,26 @@ FLOW_TIME_SCALE = 999.0  # The flow network's noise label is 999 t, the range of
 @PROCESSES.register("flow")
 def flow_process(config: ml_collections.ConfigDict, network, image_shape) -> Process:
   """Rectified flow / conditional flow matching: x_t = (1 - t) x0 + t eps, the velocity eps - x0 as the
-  target, Euler or Heun on the ODE from t = 1 to 0."""
+  target, Euler or Heun on the ODE or Euler-Maruyama on an SDE with its marginals, from t = 1 to 0."""
   del image_shape
   d, s = config.diffusion, config.sample
   require(d.time_schedule in ("uniform", "logit_normal"), "diffusion.time_schedule",
           "must be one of ('uniform', 'logit_normal')")
   require(s.steps >= 1 and s.preview_steps >= 1, "sample.steps", "steps and preview_steps must be >= 1")
-  velocity_net = lambda train: lambda params, x_t, t, rng: network(params, x_t, FLOW_TIME_SCALE * t, rng, train)
+  require(s.sde_noise >= 0, "sample.sde_noise", "must be >= 0")
+  velocity_net = lambda train: lambda params, x_t, t, rng, labels: network(params, x_t, FLOW_TIME_SCALE * t, rng,
+                                                                           train, labels)
   ctx = lambda train: continuous.ContinuousContext(velocity_net(train), time_schedule=d.time_schedule)
 
-  def draw(name, params, rng, shape, options):
-    return ode_samplers.FLOW_SAMPLERS[name](lambda x, t: velocity_net(False)(params, x, t, None), rng, shape, options)
+  def draw(name, net, rng, shape, options):
+    return ode_samplers.FLOW_SAMPLERS[name](lambda x, t: net(x, FLOW_TIME_SCALE * t), rng, shape, options)
+
+  def sigma_of(noise_label):
+    t = noise_label / FLOW_TIME_SCALE
+    return t / (1.0 - t)
 
   return Process({"simple": continuous.flow_loss}, ctx(True), ctx(False), ode_samplers.FLOW_SAMPLERS, draw,
-                 lambda name, steps: ode_samplers.flow_ode_nfe(steps, name))
+                 sigma_of, lambda name, steps: ode_samplers.flow_ode_nfe(steps, name))
 
 
 def _with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -208,6 +230,18 @@ def _with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return merged
 
 
+def _check_conditioning(config: ml_collections.ConfigDict) -> None:
+  m, s = config.model, config.sample
+  require(m.num_classes >= 0, "model.num_classes", "must be >= 0 (0: unconditional)")
+  require(0.0 <= config.diffusion.label_dropout < 1.0, "diffusion.label_dropout", "must be in [0, 1)")
+  require(len(s.guidance_interval) == 2 and 0.0 <= s.guidance_interval[0] <= s.guidance_interval[1],
+          "sample.guidance_interval", "must be (low, high) with 0 <= low <= high")
+  require(s.guidance == 0.0 or m.num_classes > 0, "sample.guidance",
+          "classifier-free guidance needs a class-conditional model (model.num_classes > 0)")
+  require(s.guidance == 0.0 or config.diffusion.label_dropout > 0, "sample.guidance",
+          "needs an unconditional model trained alongside: diffusion.label_dropout > 0")
+
+
 def make(config: ml_collections.ConfigDict) -> Method:
   """Builds the diffusion method's pure functions from a config (validated on the way)."""
   config = _with_defaults(config)
@@ -216,12 +250,14 @@ def make(config: ml_collections.ConfigDict) -> Method:
   process_builder = PROCESSES.get_checked(config.diffusion.process)
   dtype = compute_dtype(m.dtype)
   require(0.0 <= config.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
+  _check_conditioning(config)
+  num_classes = m.num_classes
   image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
   model = model_builder(config, image_shape, dtype)
 
-  def network(params, x, noise_label, rng, train: bool):
+  def network(params, x, noise_label, rng, train: bool, labels=None):
     rngs = {"dropout": rng} if train else {}
-    return model.apply({"params": params}, x, noise_label, train=train, rngs=rngs)
+    return model.apply({"params": params}, x, noise_label, labels, train=train, rngs=rngs)
 
   process = process_builder(config, network, image_shape)
   process.samplers.get_checked(s.sampler)
@@ -236,24 +272,41 @@ def make(config: ml_collections.ConfigDict) -> Method:
     params = model.init({"params": rng}, x, jnp.zeros((1,), jnp.int32), train=False)["params"]
     return initial_state(params, tx)
 
+  def train_loss(params, batch, rng):
+    """The objective; a class-conditional model sees the null label in place of a dropped one."""
+    if not num_classes:
+      return loss_fn(params, batch, rng, ctx=process.train_ctx)
+    drop_rng, rng = jax.random.split(rng)
+    labels = guidance.drop_labels(batch["label"], drop_rng, config.diffusion.label_dropout, num_classes)
+    return loss_fn(params, dict(batch, label=labels), rng, ctx=process.train_ctx)
+
   def eval_step(params, batch, rng):
     """The loss on held-out images, and the process's held-out metrics (ddpm: the bound in bits/dim)."""
     loss_rng, bound_rng = jax.random.split(rng)
     _, metrics = loss_fn(params, batch, loss_rng, ctx=process.eval_ctx)
     return dict(metrics, **process.held_out(params, batch, bound_rng)) if process.held_out else metrics
 
+  def sampling_network(params, labels, options):
+    """net(x, noise_label) in eval mode: unconditional, or guided towards `labels` [B] int32."""
+    net = lambda x, noise_label, labels: network(params, x, noise_label, None, False, labels)
+    if not num_classes:
+      return lambda x, noise_label: net(x, noise_label, None)
+    return guidance.guided(net, labels, num_classes, options.guidance, tuple(options.guidance_interval),
+                           process.sigma_of)
+
   def make_sample(sampler: str, num_steps: int):
     """sample(params, rng, num, labels=None) with the process's `sampler` over `num_steps` steps."""
     options = ml_collections.ConfigDict(dict(s.to_dict(), steps=num_steps))
 
     def sample(params, rng, num, labels=None):
-      del labels  # Unconditional.
-      return jnp.clip(process.draw(sampler, params, rng, (num,) + image_shape, options), -1.0, 1.0)
+      if labels is None:
+        labels = jnp.arange(num, dtype=jnp.int32) % max(num_classes, 1)
+      net = sampling_network(params, labels, options)
+      return jnp.clip(process.draw(sampler, net, rng, (num,) + image_shape, options), -1.0, 1.0)
 
     return sample
 
   preview = make_sample(s.preview_sampler, s.preview_steps) if s.preview_sampler else None
-  return Method(init=init, train_step=loss_train_step(functools.partial(loss_fn, ctx=process.train_ctx), tx,
-                                                      learning_rate, config.ema.decay),
+  return Method(init=init, train_step=loss_train_step(train_loss, tx, learning_rate, config.ema.decay),
                 sample=make_sample(s.sampler, s.steps), eval_step=eval_step, image_shape=image_shape,
-                preview_sample=preview, sample_nfe=process.nfe(s.sampler, s.steps))
+                preview_sample=preview, num_classes=num_classes, sample_nfe=process.nfe(s.sampler, s.steps))

@@ -5,6 +5,7 @@ edm_heun: EDM's Algorithm 2 (Karras et al. 2022): Heun's 2nd-order method on the
   ODE dx/dsigma = (x - D(x; sigma)) / sigma, optionally with stochastic churn; the last step, to
   sigma = 0, is an Euler step, so N steps cost 2N - 1 denoiser calls (18 steps: 35).
 flow_ode: Euler or Heun on dx/dt = v(x, t) from t = 1 (noise) to t = 0 (data).
+flow_sde: Euler-Maruyama on an SDE with the flow's marginals, from the same velocity network.
 """
 
 import jax
@@ -63,8 +64,8 @@ def flow_times(num_steps: int) -> np.ndarray:
 
 
 def flow_ode_nfe(num_steps: int, method: str) -> int:
-  """Velocity calls of `flow_ode`: N (euler) or 2N (heun)."""
-  return num_steps * {"euler": 1, "heun": 2}[method]
+  """Velocity calls of a flow sampler over N steps: N (euler, euler_maruyama) or 2N (heun)."""
+  return num_steps * {"euler": 1, "euler_maruyama": 1, "heun": 2}[method]
 
 
 def flow_ode(velocity, times: np.ndarray, x1: jax.Array, method: str = "euler") -> jax.Array:
@@ -84,6 +85,33 @@ def flow_ode(velocity, times: np.ndarray, x1: jax.Array, method: str = "euler") 
 
   times = jnp.asarray(times, jnp.float32)
   x, _ = jax.lax.scan(step, x1, (times[:-1], times[1:]))
+  return x
+
+
+def flow_sde(velocity, times: np.ndarray, x1: jax.Array, rng: jax.Array, noise_scale: float = 1.0) -> jax.Array:
+  """Euler-Maruyama from x1 at times[0] = 1 to times[-1] = 0 (float64 [N + 1], decreasing, e.g.
+  `flow_times`) on the reverse-time SDE dx = [v + a eps_hat(x, t)] dt + sqrt(2 a t) dW, a = noise_scale,
+  with velocity(x [B, ...], t [B]) -> v. Returns x at time 0, like x1.
+
+  For x_t = (1 - t) x0 + t eps the score is -eps_hat / t with eps_hat = x + (1 - t) v, so for every
+  a >= 0 this SDE has the ODE's marginals (diffusion coefficient g^2 = 2 a t, SiT's "sigma" form);
+  a = 0 is Euler on the ODE. The drift stays finite at t = 1, unlike g^2 proportional to t / (1 - t).
+  The noise at step i is normal(fold_in(rng, i + 1)); the last step adds none (its mean).
+  """
+  num_steps = len(times) - 1
+  at = lambda t, x: jnp.full((x.shape[0],), t, jnp.float32)
+
+  def step(x, inputs):
+    i, t, t_next = inputs
+    v = velocity(x, at(t, x))
+    h = t - t_next
+    eps_hat = x + (1.0 - t) * v
+    noise = jax.random.normal(jax.random.fold_in(rng, i + 1), x.shape, x.dtype)
+    scale = jnp.where(i < num_steps - 1, jnp.sqrt(2.0 * noise_scale * t * h), 0.0)
+    return x - h * (v + noise_scale * eps_hat) + scale * noise, None
+
+  times = jnp.asarray(times, jnp.float32)
+  x, _ = jax.lax.scan(step, x1, (jnp.arange(num_steps), times[:-1], times[1:]))
   return x
 
 
@@ -118,3 +146,9 @@ def flow_euler_sampler(velocity, rng, shape, options) -> jax.Array:
 def flow_heun_sampler(velocity, rng, shape, options) -> jax.Array:
   """`flow_ode` with Heun steps over options.steps evenly spaced times, from x_1 ~ N(0, I)."""
   return flow_ode(velocity, flow_times(options.steps), _prior(rng, shape), "heun")
+
+
+@FLOW_SAMPLERS.register("euler_maruyama")
+def flow_euler_maruyama_sampler(velocity, rng, shape, options) -> jax.Array:
+  """`flow_sde` over options.steps evenly spaced times with noise_scale options.sde_noise, from x_1 ~ N(0, I)."""
+  return flow_sde(velocity, flow_times(options.steps), _prior(rng, shape), rng, options.sde_noise)

@@ -10,13 +10,17 @@ from genimg_jax.models import layers
 
 
 class UNet(nn.Module):
-  """Noise-prediction UNet: x_t [B, H, W, C] float, t [B] -> [B, H, W, out_ch] float32.
+  """Noise-prediction UNet: x_t [B, H, W, C] float, t [B], labels [B] int32 or None -> [B, H, W, out_ch]
+  float32.
 
   Each of `len(ch_mult)` levels holds `num_res_blocks` residual blocks of width
   `ch * ch_mult[i]` (self-attention after each where the current resolution is in
   `attn_resolutions`) and halves the resolution except at the last level; the
   decoder mirrors it with one more block per level, fed by skip connections.
   H and W must be divisible by 2 ** (len(ch_mult) - 1).
+  With num_classes > 0 a class embedding of labels in [0, num_classes] is added to the time
+  embedding; the label num_classes (and labels=None) is the null class of classifier-free
+  guidance. With num_classes = 0 labels are ignored.
   """
 
   ch: int
@@ -27,16 +31,21 @@ class UNet(nn.Module):
   out_ch: int
   num_heads: int = 1
   norm_groups: int = 32
+  num_classes: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, t: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, *, train: bool) -> jax.Array:
     block = lambda ch: layers.ResBlock(ch, self.dropout, self.norm_groups, self.dtype)
     attn = lambda: layers.AttnBlock(self.num_heads, self.norm_groups, self.dtype)
 
     temb = layers.timestep_embedding(t, self.ch)
     temb = nn.Dense(4 * self.ch, dtype=self.dtype)(temb)
     temb = nn.Dense(4 * self.ch, dtype=self.dtype)(nn.silu(temb))
+    if self.num_classes:
+      if labels is None:
+        labels = jnp.full(x.shape[:1], self.num_classes, jnp.int32)
+      temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype, name="class_embed")(labels)
 
     h = nn.Conv(self.ch, (3, 3), dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
     skips = [h]
