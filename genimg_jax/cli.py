@@ -72,9 +72,9 @@ def _parser() -> argparse.ArgumentParser:
       epilog="Defaults come from the run's config.eval section. Writes WORKDIR/eval/eval_<step>.json.",
       parents=[distributed])
   evaluate.add_argument("--workdir", help="a `genimg train` workdir")
-  evaluate.add_argument("--metrics", help="comma-separated from fid, kid, is, pr (precision/recall), "
-                        "bpd (held-out eval_step metrics)")
-  evaluate.add_argument("--num_samples", type=int, help="generated images for fid, kid, is and pr")
+  evaluate.add_argument("--metrics", help="comma-separated from fid, kid, is, pr (precision/recall), acc "
+                        "(class-conditional: generated images classified as asked), bpd (held-out eval_step metrics)")
+  evaluate.add_argument("--num_samples", type=int, help="generated images for fid, kid, is, pr and acc")
   evaluate.add_argument("--batch_size", type=int, help="global batch for sampling and features")
   evaluate.add_argument("--feature_net", help="inception | classifier | auto")
   evaluate.add_argument("--reference_split", help="the data split generated images are compared with")

@@ -68,7 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Sample-quality and held-out metrics: `genimg eval`, and during training every eval.every steps.
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 0  # steps between evaluations while training; 0: none
-  c.eval.metrics = "bpd"  # comma-separated: fid, kid, is, pr (precision/recall), bpd (held-out eval_step)
+  # comma-separated: fid, kid, is, pr (precision/recall), acc (class-conditional: the feature net's class
+  # of each generated image against the one asked for), bpd (held-out eval_step)
+  c.eval.metrics = "bpd"
   c.eval.num_samples = 10000  # generated images for fid, kid, is, pr
   c.eval.batch_size = 0  # global batch for sampling and features; 0: train.batch_size
   c.eval.feature_net = "auto"  # inception | classifier | auto (classifier for digits/mnist/fashion_mnist)

@@ -1,10 +1,10 @@
 """Every family's digits config through the real `genimg` command, as a user runs it.
 
-For ddpm, edm, flow, vae, dcgan, dcgan_cond and igpt: `genimg train` a few steps, train again (it resumes),
-`genimg sample`, `genimg eval`, `genimg data show`, `genimg config show` and `genimg plot`. Each
-must exit 0 with no traceback and write what it promises; a command that does not apply to a
-family exits 2 with one line saying so. The configs are the digits demos shrunk to compile and
-run quickly; every command runs in the run's folder, where the ddpm run finds the README's loss.
+For ddpm, edm_dit (EDM with a DiT), flow_cond (class-conditional, guided), vae, dcgan, dcgan_cond and igpt:
+`genimg train` a few steps, train again (it resumes), `genimg sample`, `genimg eval`, `genimg data show`, `genimg config
+show` and `genimg plot`. Each must exit 0 with no traceback and write what it promises; a command that
+does not apply to a family exits 2 with one line saying so. The configs are the digits demos shrunk to
+compile and run quickly; every command runs in the run's folder, where the ddpm run finds the README's loss.
 """
 
 import json
@@ -38,8 +38,11 @@ FAMILIES = {
     "vae": ("vae_digits", {"data.image_size": 8, "model.ch": 8, "model.ch_mult": (1, 2), "model.latent_dim": 4,
                            "likelihood.num_mixtures": 2, "eval.iwae_samples": 4, "eval.iwae_chunk_size": 4,
                            "train.batch_size": 16, "train.eval_batches": 1}, "fid,bpd"),
-    "edm": ("edm_digits", SMALL_UNET, "fid,bpd"),
-    "flow": ("flow_digits", SMALL_UNET, "fid,bpd"),
+    # EDM with the DiT backbone: with ddpm and flow_cond on the UNet, every process and architecture runs.
+    "edm_dit": ("edm_digits", dict(SMALL_UNET, **{"model.arch": "dit", "model.hidden_size": 32, "model.depth": 1,
+                                                  "model.num_heads": 2}), "fid,bpd"),
+    # The conditional flow covers the unconditional one, with guidance and the SDE sampler on top.
+    "flow_cond": ("flow_digits_cond", dict(SMALL_UNET, **{"sample.sampler": "euler_maruyama"}), "fid,acc,bpd"),
     "dcgan": ("dcgan_digits", SMALL_GAN, None),
     "dcgan_cond": ("dcgan_digits_cond", SMALL_GAN, "fid,is"),
     "igpt": ("igpt_digits", {"data.image_size": 8, "model.num_layers": 1, "model.width": 16, "model.num_heads": 2,
@@ -131,7 +134,7 @@ def test_train_says_how_it_starts_and_resume_continues(run):
 
 
 def test_sample_writes_a_grid(run):
-  args = ["--labels", "3"] if run.family == "dcgan_cond" else []
+  args = ["--labels", "3"] if run.family.endswith("_cond") else []
   out = run.root / "grid.png"
   result = ok(run.genimg("sample", "--workdir", run.workdir, "--num", "5", "--out", out, *args))
   assert f"{out}: 5 samples from step 4" in result.stdout
@@ -153,6 +156,12 @@ def test_eval_reports_the_family_metrics(run):
                    "--metrics: bpd needs a held-out likelihood, which the gan method does not have")
   if run.family == "ddpm":
     _check_ddpm_report(report["metrics"], result.stdout)
+  if run.family == "flow_cond":
+    assert report["metrics"]["fid"]["sampler"]["guidance"] == 1.0 and report["metrics"]["fid"]["sampler"]["nfe"] == 3
+    assert 0 <= report["metrics"]["acc"]["value"] <= 1 and "| class accuracy |" in result.stdout
+  if run.family in ("ddpm", "vae", "edm_dit", "igpt"):
+    one_line_error(run.genimg("eval", "--workdir", run.workdir, "--metrics", "acc"),
+                   "--metrics: acc (the classes of generated images) needs a class-conditional model")
 
 
 def _check_ddpm_report(results: dict, table: str) -> None:
@@ -246,6 +255,8 @@ def test_sample_and_eval_read_the_checkpoint_asked_for(trained):
     ("ddpm", ["eval", "--metrics", "fid,nope"], "--metrics: unknown metric(s) ['nope']"),
     ("vae", ["sample", "--sampler", "ddim", "--out", "x.png"], "--sampler: the vae method has no sample.sampler"),
     ("dcgan_cond", ["sample", "--labels", "3,10", "--out", "x.png"], "--labels: classes [10] are not in [0, 10)"),
+    ("edm_dit", ["sample", "--guidance", "2", "--out", "x.png"],
+     "config.sample.guidance: classifier-free guidance needs a class-conditional model"),
 ])
 def test_options_that_do_not_apply_exit_2(trained, family, args, error):
   run = trained(family)

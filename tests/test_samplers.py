@@ -154,8 +154,8 @@ def test_each_process_reports_the_network_evaluations_of_its_sampler(data_dir, p
   assert methods.make(config).sample_nfe == nfe
 
 
-@pytest.mark.parametrize("process,sampler,names", [("edm", "ddim", "heun"), ("flow", "ddpm", "euler, euler_maruyama, heun"),
-                                                    ("ddpm", "heun", "ddim, ddpm")])
+@pytest.mark.parametrize("process,sampler,names", [
+    ("edm", "ddim", "heun"), ("flow", "ddpm", "euler, euler_maruyama, heun"), ("ddpm", "heun", "ddim, ddpm")])
 def test_a_sampler_of_another_process_is_refused_with_the_process_names(data_dir, process, sampler, names):
   from genimg_jax.errors import ConfigError
 

@@ -24,10 +24,10 @@ from genimg_jax.methods.base import Method
 from genimg_jax.parallel import functions
 from genimg_jax.parallel import mesh as mesh_lib
 
-SAMPLE_METRICS = ("fid", "kid", "is", "pr")
+SAMPLE_METRICS = ("fid", "kid", "is", "pr", "acc")
 METRICS = SAMPLE_METRICS + ("bpd",)
 # Scalars (see `scalars`) where larger is better; for all others smaller is better.
-HIGHER_IS_BETTER = ("is", "precision", "recall")
+HIGHER_IS_BETTER = ("is", "precision", "recall", "class_accuracy")
 KID_SUBSET_SIZE, KID_SUBSETS = 1000, 100
 IS_SPLITS = 10
 PR_NEIGHBOURS = 3
@@ -69,7 +69,7 @@ def validate(config: ml_collections.ConfigDict, options: ml_collections.ConfigDi
     raise ConfigError(name("reference_split"), f"{config.data.name} has splits "
                       f"{datasets.splits_of(config.data)}, not {split!r}")
   if options.best_metric:
-    producers = {"fid": "fid", "kid": "kid", "is": "is", "precision": "pr", "recall": "pr"}
+    producers = {"fid": "fid", "kid": "kid", "is": "is", "precision": "pr", "recall": "pr", "class_accuracy": "acc"}
     needed = producers.get(options.best_metric, "bpd")  # Other names are the method's eval_step metrics.
     if needed not in chosen:
       raise ConfigError(name("best_metric"), f"{options.best_metric!r} needs metric {needed!r} in "
@@ -103,6 +103,9 @@ class Evaluator:
       raise ConfigError((fields or {}).get("metrics", "config.eval.metrics"),
                         f"bpd needs a held-out likelihood, which the {config.method} method does not have; "
                         f"choose from {', '.join(SAMPLE_METRICS)}")
+    if "acc" in self.metrics and not method.num_classes:
+      raise ConfigError((fields or {}).get("metrics", "config.eval.metrics"),
+                        "acc (the classes of generated images) needs a class-conditional model")
     self.config, self.method, self.mesh, self.options, self.seed = config, method, mesh, options, seed
     self.batch_size = options.batch_size or config.train.batch_size
     self.local_batch = mesh_lib.local_batch_size(self.batch_size, mesh, (fields or {}).get(
@@ -157,15 +160,28 @@ class Evaluator:
       if "pr" in self.metrics:
         precision, recall = metrics.precision_recall(ref.features, generated["features"], k=PR_NEIGHBOURS)
         results["pr"] = dict(precision=precision, recall=recall, k=PR_NEIGHBOURS, **how)
+      if "acc" in self.metrics:
+        results["acc"] = dict(value=self._class_accuracy(generated["logits"]),
+                              **dict(how, reference="the requested classes"))
     if "bpd" in self.metrics:
       held = held_out.evaluate(self.config, self.method, self.mesh, params, seeds.root_keys(self.seed)["eval"])
       results["bpd"] = dict(held, seed=self.seed)
     return report
 
 
+  def _class_accuracy(self, logits: np.ndarray) -> float:
+    """The fraction of generated images the feature net classifies as the class they were drawn for
+    (image j asks for class j % num_classes, functions.sampler's default)."""
+    if logits.shape[1] != self.method.num_classes:
+      raise ConfigError("config.eval.feature_net", f"acc needs a feature net that classifies the model's "
+                        f"{self.method.num_classes} classes; {self._net.name} has {logits.shape[1]}")
+    requested = np.arange(len(logits)) % self.method.num_classes
+    return float(np.mean(np.argmax(logits, axis=1) == requested))
+
+
 def scalars(report: dict) -> dict[str, float]:
-  """The report's headline numbers: fid, kid, kid_std, is, is_std, precision, recall, and every
-  held-out eval_step metric by its own name."""
+  """The report's headline numbers: fid, kid, kid_std, is, is_std, precision, recall, class_accuracy,
+  and every held-out eval_step metric by its own name."""
   results, out = report["metrics"], {}
   if "fid" in results:
     out["fid"] = results["fid"]["value"]
@@ -174,6 +190,8 @@ def scalars(report: dict) -> dict[str, float]:
       out[name], out[f"{name}_std"] = results[name]["mean"], results[name]["std"]
   if "pr" in results:
     out["precision"], out["recall"] = results["pr"]["precision"], results["pr"]["recall"]
+  if "acc" in results:
+    out["class_accuracy"] = results["acc"]["value"]
   for name, value in results.get("bpd", {}).items():
     if isinstance(value, float) and name not in out:
       out[name] = value
@@ -239,7 +257,8 @@ def table(report: dict) -> str:
       continue
     sampler = " ".join(f"{k}={v}" for k, v in entry["sampler"].items()) or "-"
     values = {"fid": [("fid", "value")], "kid": [("kid", "mean"), ("kid std", "std")],
-              "is": [("is", "mean"), ("is std", "std")], "pr": [("precision", "precision"), ("recall", "recall")]}
+              "is": [("is", "mean"), ("is std", "std")], "pr": [("precision", "precision"), ("recall", "recall")],
+              "acc": [("class accuracy", "value")]}
     for label, key in values[name]:
       lines.append(f"| {label} | {_format(entry[key])} | {entry['feature_net']} | {entry['num_samples']} | "
                    f"{entry['reference']} | {sampler} | {entry['seed']} |")

@@ -85,9 +85,10 @@ def flow_training_times(rng: jax.Array, num: int, schedule: str = "uniform") -> 
 class ContinuousContext:
   """What the continuous-time losses need besides (params, batch, rng); static under jit.
 
-  network(params, x_in [B, H, W, C], noise_label [B] float32, rng, labels) -> output [B, H, W, C] in
+  network(params, x_in [B, H, W, C], noise_label [B] float32, rng, labels=None) -> output [B, H, W, C] in
   training mode: for EDM the raw F of D = c_skip x + c_out F(c_in x; c_noise), for flow the velocity;
-  labels: the batch's "label" [B] int32 (None without one), which an unconditional network ignores.
+  labels: the batch's "label" [B] int32, which an unconditional network ignores (None: a conditional
+  one's null label).
   """
 
   network: Callable[..., jax.Array]

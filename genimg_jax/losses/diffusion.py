@@ -20,9 +20,9 @@ from genimg_jax.losses.noise import Schedule
 class DenoiserContext:
   """What a diffusion loss needs besides (params, batch, rng); static under jit.
 
-  denoise(params, x_t [B,H,W,C], t [B] int32, rng, labels) -> network output [B,H,W,C]
+  denoise(params, x_t [B,H,W,C], t [B] int32, rng, labels=None) -> network output [B,H,W,C]
   in the `prediction` parameterization, in training mode (dropout on); labels: the batch's "label"
-  [B] int32 (None without one), which an unconditional network ignores.
+  [B] int32, which an unconditional network ignores (None: a conditional one's null label).
   """
 
   denoise: Callable[..., jax.Array]

@@ -23,11 +23,12 @@ import ml_collections
 from genimg_jax.config import require
 from genimg_jax.losses import continuous
 from genimg_jax.losses import diffusion as dl
-from genimg_jax.losses import likelihoods, noise
+from genimg_jax.losses import likelihoods, noise, ode_likelihood
 from genimg_jax.methods.base import (Method, compute_dtype, initial_state, loss_train_step, make_optimizer,
                                      optimizer_config)
 from genimg_jax.methods import guidance, ode_samplers
 from genimg_jax.methods.diffusion_samplers import SAMPLERS
+from genimg_jax.models.dit import DiT
 from genimg_jax.models.unet import UNet
 from genimg_jax.registry import Registry, lookup
 
@@ -55,13 +56,36 @@ def unet(config: ml_collections.ConfigDict, image_shape, dtype) -> nn.Module:
               num_heads=m.num_heads, norm_groups=m.norm_groups, num_classes=m.num_classes, dtype=dtype)
 
 
+@DENOISERS.register("dit")
+def dit(config: ml_collections.ConfigDict, image_shape, dtype) -> nn.Module:
+  """The Diffusion Transformer (Peebles & Xie 2023): patchify by model.patch_size, model.depth adaLN-Zero
+  blocks of width model.hidden_size with model.num_heads heads and MLP ratio model.mlp_ratio, conditioned
+  on the noise label and the class; model.dropout on the residual branches."""
+  m = config.model
+  require(m.patch_size > 0 and image_shape[0] % m.patch_size == 0, "model.patch_size",
+          f"must be > 0 and divide the image size {image_shape[0]}")
+  require(m.hidden_size > 0 and m.hidden_size % 4 == 0, "model.hidden_size", "must be a positive multiple of 4")
+  require(m.num_heads > 0 and m.hidden_size % m.num_heads == 0, "model.num_heads",
+          f"must divide model.hidden_size={m.hidden_size}")
+  require(m.depth > 0, "model.depth", "must be > 0")
+  require(m.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
+  require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+  return DiT(patch_size=m.patch_size, hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
+             out_ch=image_shape[-1], mlp_ratio=m.mlp_ratio, num_classes=m.num_classes, dropout=m.dropout,
+             dtype=dtype)
+
+
 def default_config() -> ml_collections.ConfigDict:
   """The sections the diffusion method reads, with DDPM defaults."""
   return ml_collections.ConfigDict({
       "model": {
-          "arch": "unet",  # a name in DENOISERS
-          "ch": 128, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 2, "attn_resolutions": (16,),
-          "dropout": 0.1, "num_heads": 1, "norm_groups": 32,
+          "arch": "unet",  # a name in DENOISERS: unet | dit
+          # unet
+          "ch": 128, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 2, "attn_resolutions": (16,), "norm_groups": 32,
+          # dit (DiT-S/2's widths)
+          "patch_size": 2, "hidden_size": 384, "depth": 12, "mlp_ratio": 4.0,
+          # both: dropout, attention heads, classes
+          "dropout": 0.1, "num_heads": 1,
           "num_classes": 0,  # > 0: class-conditional (labels from the data's "label")
           "dtype": "float32",  # compute dtype; parameters stay float32
       },
@@ -76,6 +100,10 @@ def default_config() -> ml_collections.ConfigDict:
           "time_schedule": "uniform",
           # Class-conditional models: the probability a training label is replaced by the null label.
           "label_dropout": 0.1,
+          # edm, flow: the held-out bits/dim of the probability-flow ODE (dopri5, rtol = atol = 1e-5) takes
+          # the divergence as Hutchinson's estimate (one Rademacher probe per image) or exactly (D
+          # Jacobian-vector products per evaluation: small images only).
+          "likelihood_trace": "hutchinson",
       },
       # A built-in loss name ("simple": the process's own objective) or your own pure function as 'module:function'.
       "loss": {"name": "simple"},
@@ -112,7 +140,8 @@ class Process:
   sigma_of(noise_label scalar) -> the noise level in EDM's units (noise / signal ratio), for the
     guidance interval.
   nfe(name, steps) -> network evaluations of one draw.
-  held_out(params, batch, rng) -> {metric: scalar} besides the loss (ddpm's bound), or None.
+  held_out(params, batch, rng) -> {metric: scalar} besides the loss: ddpm's variational bound, the
+    others' probability-flow ODE likelihood, both in bits/dim over 8-bit pixels.
   """
 
   losses: dict
@@ -144,7 +173,7 @@ def ddpm_process(config: ml_collections.ConfigDict, network, image_shape) -> Pro
   schedule = noise.Schedule.from_betas(noise.beta_schedule(d.beta_schedule, d.num_timesteps, d.beta_start,
                                                            d.beta_end))
   parameterization = schedule.parameterizations[d.prediction]
-  denoise = lambda train: lambda params, x_t, t, rng, labels: network(params, x_t, t, rng, train, labels)
+  denoise = lambda train: lambda params, x_t, t, rng, labels=None: network(params, x_t, t, rng, train, labels)
   eval_ctx = dl.DenoiserContext(denoise(False), schedule, d.prediction)
   num_dims = image_shape[0] * image_shape[1] * image_shape[2]
 
@@ -170,25 +199,52 @@ def ddpm_process(config: ml_collections.ConfigDict, network, image_shape) -> Pro
                  draw, sigma_of, lambda name, steps: d.num_timesteps if name == "ddpm" else steps, held_out)
 
 
+def _check_likelihood_trace(d: ml_collections.ConfigDict) -> None:
+  require(d.likelihood_trace in ode_likelihood.TRACES, "diffusion.likelihood_trace",
+          f"must be one of {ode_likelihood.TRACES}")
+
+
+def _ode_held_out(network, log_likelihood, image_shape):
+  """held_out(params, batch, rng) -> {"ode_bpd"}: the mean over the batch of the probability-flow ODE's
+  bits/dim of uniformly dequantized images (an upper bound on the 8-bit NLL, up to the solver's
+  tolerance and, with Hutchinson's trace, an unbiased estimate of it), given their labels if the
+  model is class-conditional. log_likelihood(net, x, rng) -> log p(x) [B] nats, net(x, noise_label)
+  the network in eval mode."""
+  num_dims = image_shape[0] * image_shape[1] * image_shape[2]
+
+  def held_out(params, batch, rng):
+    dequantize_rng, probe_rng = jax.random.split(rng)
+    net = lambda x, noise_label: network(params, x, noise_label, None, False, batch.get("label"))
+    log_p = log_likelihood(net, ode_likelihood.dequantize(batch["image"], dequantize_rng), probe_rng)
+    return {"ode_bpd": jnp.mean(ode_likelihood.bits_per_dim_dequantized(log_p, num_dims))}
+
+  return held_out
+
+
 @PROCESSES.register("edm")
 def edm_process(config: ml_collections.ConfigDict, network, image_shape) -> Process:
   """Karras et al. (2022): x = x0 + sigma n, the preconditioned denoiser, log-normal training noise with
   the lambda weighting, and the Heun sampler over the rho-spaced levels (N steps: 2N - 1 evaluations)."""
-  del image_shape
   d, s = config.diffusion, config.sample
+  _check_likelihood_trace(d)
   require(0 < d.sigma_min < d.sigma_max, "diffusion.sigma_min", "need 0 < sigma_min < sigma_max")
   require(d.rho > 0 and d.sigma_data > 0 and d.p_std > 0, "diffusion.rho", "rho, sigma_data and p_std must be > 0")
   require(s.steps >= 1 and s.preview_steps >= 1, "sample.steps", "steps and preview_steps must be >= 1")
   require(s.s_churn >= 0 and s.s_noise >= 0, "sample.s_churn", "s_churn and s_noise must be >= 0")
   ctx = lambda train: continuous.ContinuousContext(
-      lambda params, x_in, c_noise, rng, labels: network(params, x_in, c_noise, rng, train, labels),
+      lambda params, x_in, c_noise, rng, labels=None: network(params, x_in, c_noise, rng, train, labels),
       d.sigma_data, d.p_mean, d.p_std)
 
   def draw(name, net, rng, shape, options):
     return ode_samplers.EDM_SAMPLERS[name](continuous.edm_denoiser(net, d.sigma_data), rng, shape, options, d)
 
+  def log_likelihood(net, x, rng):
+    return ode_likelihood.edm_log_likelihood(continuous.edm_denoiser(net, d.sigma_data), x, rng, d.sigma_min,
+                                             d.sigma_max, trace=d.likelihood_trace)
+
   return Process({"simple": continuous.edm_loss}, ctx(True), ctx(False), ode_samplers.EDM_SAMPLERS, draw,
-                 lambda c_noise: jnp.exp(4.0 * c_noise), lambda name, steps: ode_samplers.edm_heun_nfe(steps))
+                 lambda c_noise: jnp.exp(4.0 * c_noise), lambda name, steps: ode_samplers.edm_heun_nfe(steps),
+                 _ode_held_out(network, log_likelihood, image_shape))
 
 
 FLOW_TIME_SCALE = 999.0  # The flow network's noise label is 999 t, the range of the DDPM UNet's timesteps.
@@ -198,14 +254,14 @@ FLOW_TIME_SCALE = 999.0  # The flow network's noise label is 999 t, the range of
 def flow_process(config: ml_collections.ConfigDict, network, image_shape) -> Process:
   """Rectified flow / conditional flow matching: x_t = (1 - t) x0 + t eps, the velocity eps - x0 as the
   target, Euler or Heun on the ODE or Euler-Maruyama on an SDE with its marginals, from t = 1 to 0."""
-  del image_shape
   d, s = config.diffusion, config.sample
+  _check_likelihood_trace(d)
   require(d.time_schedule in ("uniform", "logit_normal"), "diffusion.time_schedule",
           "must be one of ('uniform', 'logit_normal')")
   require(s.steps >= 1 and s.preview_steps >= 1, "sample.steps", "steps and preview_steps must be >= 1")
   require(s.sde_noise >= 0, "sample.sde_noise", "must be >= 0")
-  velocity_net = lambda train: lambda params, x_t, t, rng, labels: network(params, x_t, FLOW_TIME_SCALE * t, rng,
-                                                                           train, labels)
+  velocity_net = lambda train: lambda params, x_t, t, rng, labels=None: network(params, x_t, FLOW_TIME_SCALE * t,
+                                                                                rng, train, labels)
   ctx = lambda train: continuous.ContinuousContext(velocity_net(train), time_schedule=d.time_schedule)
 
   def draw(name, net, rng, shape, options):
@@ -215,8 +271,13 @@ def flow_process(config: ml_collections.ConfigDict, network, image_shape) -> Pro
     t = noise_label / FLOW_TIME_SCALE
     return t / (1.0 - t)
 
+  def log_likelihood(net, x, rng):
+    return ode_likelihood.flow_log_likelihood(lambda x, t: net(x, FLOW_TIME_SCALE * t), x, rng,
+                                              trace=d.likelihood_trace)
+
   return Process({"simple": continuous.flow_loss}, ctx(True), ctx(False), ode_samplers.FLOW_SAMPLERS, draw,
-                 sigma_of, lambda name, steps: ode_samplers.flow_ode_nfe(steps, name))
+                 sigma_of, lambda name, steps: ode_samplers.flow_ode_nfe(steps, name),
+                 _ode_held_out(network, log_likelihood, image_shape))
 
 
 def _with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

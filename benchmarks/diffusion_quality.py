@@ -1,0 +1,327 @@
+r"""Sample quality of the three diffusion processes on the CPU digits demos, at one training budget.
+
+  python benchmarks/diffusion_quality.py --workdir_root runs/quality
+  python benchmarks/diffusion_quality.py --workdir_root runs/quality --headline_samples 1000   # without N = 10000
+  python benchmarks/diffusion_quality.py --workdir_root /tmp/quality --quick    # a smoke test
+
+Wall time on 2 shared CPU cores (2026-12-01): the evals 34 minutes (each N = 10000 one 6-7 minutes,
+about 0.75 ms per image and NFE), plus about 10 minutes per run it has to train (18 minutes
+measured at load average 5-8); --quick 4 minutes at load average 6.
+
+configs/ddpm_digits.py (eps prediction), edm_digits.py and flow_digits.py (rectified flow) share
+one UNet, batch and optimizer and differ only in the process, so a training step costs the same in
+each: the same training budget is the same number of steps, 1500 (ddpm_digits' 2000 overridden).
+<workdir_root>/<process> is trained with `genimg train` (output in <workdir_root>/<process>.log,
+ending in its wall time) only when its checkpoint of step 1500 is missing. The training loop's wall
+time and steps/s come from the run's metrics.jsonl (the sum of its logged windows: compilation and
+the preview grids included, start-up and the last grid not), the process's from the log's last line.
+
+Every number is one `genimg eval --feature_net classifier --seed 0 --checkpoint 1500` of the EMA
+parameters, against the 1497 digits training images (the reference the digits configs use):
+1. NFE vs FID at 1000 samples: DDIM (ddpm) and flow Euler at 5, 10, 18, 35 and 50 steps; EDM
+   Heun (N steps: 2N - 1 NFE) at 3, 5, 9, 18 and 25 steps and flow Heun (2N NFE) at 3, 5, 9, 18
+   and 25 steps, the NFE nearest those (EDM's ties broken downwards, to no more than the others).
+2. Each process with its config's sampler at 35-50 NFE (DDIM-50, EDM Heun-18, flow Euler-50):
+   FID, Inception Score and precision/recall at each --headline_samples (1000 and 10000).
+The NFE is the one the eval reports. Runs evaluate one at a time (the CPU is the bottleneck).
+An eval's report (<run>/eval/eval_0001500.json, shared by every eval of that step) is copied, its
+entries of the metrics asked for with the command and its wall seconds, to
+<workdir_root>/reports/<process>-<sampler>-<steps>-n<N>.json before the next eval; a measurement
+whose file already holds the metrics it needs is not run again (delete the file to measure again).
+Writes JSON (--out), the markdown tables (.md next to it) and NFE-vs-FID curves (.png).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TRAIN_STEPS = 1500
+# process -> (config, {sampler: sweep steps}, the headline (sampler, steps)).
+PROCESSES = {
+    "ddpm": ("ddpm_digits", {"ddim": (5, 10, 18, 35, 50)}, ("ddim", 50)),
+    "edm": ("edm_digits", {"heun": (3, 5, 9, 18, 25)}, ("heun", 18)),
+    "flow": ("flow_digits", {"euler": (5, 10, 18, 35, 50), "heun": (3, 5, 9, 18, 25)}, ("euler", 50)),
+}
+SAMPLER_NAMES = {"ddim": "DDIM", "heun": "Heun", "euler": "Euler"}
+SWEEP_SAMPLES = 1000
+# --quick: a narrow UNet trained 20 steps, one sweep point per sampler (the headline's where there is one),
+# 64 samples.
+QUICK_STEPS = 20
+QUICK_TRAIN = {"model.ch": 16, "model.ch_mult": "(1,2)", "model.attn_resolutions": "(8,)", "train.log_every": 10,
+               "train.checkpoint_every": QUICK_STEPS, "train.sample_every": QUICK_STEPS, "train.num_samples": 16,
+               "diffusion.num_timesteps": 100, "sample.steps": 10}
+QUICK_PROCESSES = {
+    "ddpm": ("ddpm_digits", {"ddim": (5,)}, ("ddim", 5)),
+    "edm": ("edm_digits", {"heun": (3,)}, ("heun", 3)),
+    "flow": ("flow_digits", {"euler": (5,), "heun": (3,)}, ("euler", 5)),
+}
+QUICK_SAMPLES = 64
+
+
+def _cli(args: list[str], log=None) -> subprocess.CompletedProcess:
+  """`genimg ARGS` in a fresh process from the repository root."""
+  return subprocess.run([sys.executable, "-m", "genimg_jax.cli", *args], check=False, cwd=REPO, text=True,
+                        stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT if log else subprocess.PIPE)
+
+
+def ensure_trained(root: str, process: str, config: str, steps: int, overrides: dict) -> str:
+  """<root>/<process>, trained to `steps` with `genimg train` unless its checkpoint of that step exists."""
+  workdir = os.path.join(root, process)
+  if not os.path.isdir(os.path.join(workdir, "checkpoints", str(steps))):
+    log_path = os.path.join(root, f"{process}.log")
+    print(f"training {workdir} ({config}, {steps} steps; log {log_path})", file=sys.stderr)
+    fields = dict(overrides, **{"train.steps": steps})
+    with open(log_path, "a") as log:
+      start = time.perf_counter()
+      result = _cli(["train", "--config", os.path.join("configs", f"{config}.py"), "--workdir", workdir,
+                     "--no_progress", *[f"--config.{k}={v}" for k, v in fields.items()]], log=log)
+      log.write(f"WALL {time.perf_counter() - start:.2f} s\n")
+    if result.returncode:
+      sys.exit(f"training {workdir} failed (exit {result.returncode}): see {log_path}")
+  with open(os.path.join(workdir, "config.json")) as f:
+    trained = json.load(f)
+  if trained["diffusion"]["process"] != process or trained["train"]["steps"] != steps:
+    sys.exit(f"{workdir} holds a {trained['diffusion']['process']} run of {trained['train']['steps']} steps, "
+             f"not {process} at {steps}: give another --workdir_root")
+  return workdir
+
+
+def training_speed(root: str, process: str, workdir: str, steps: int) -> dict:
+  """The training loop's wall seconds and steps/s from metrics.jsonl, and the process's wall seconds from
+  the last 'WALL <s> s' line of <root>/<process>.log (None without one)."""
+  from genimg_jax import plots
+
+  series = plots.training_series(workdir)
+  speeds = series["steps_per_sec"]
+  logged = sorted(s for s in speeds if s <= steps)
+  windows = [(step - previous) / speeds[step] for previous, step in zip([0] + logged, logged)]
+  process_wall = None
+  log_path = os.path.join(root, f"{process}.log")
+  if os.path.exists(log_path):
+    with open(log_path) as f:
+      walls = [line.split()[1] for line in f if line.startswith("WALL ")]
+    process_wall = float(walls[-1]) if walls else None
+  return {"train_steps": steps, "train_loop_s": sum(windows), "train_steps_per_s": logged[-1] / sum(windows),
+          # The first window holds the compilation.
+          "train_steady_steps_per_s": statistics.median(speeds[s] for s in logged[1:]) if len(logged) > 1 else None,
+          "train_process_wall_s": process_wall, "train_final_loss": series["loss"][logged[-1]]}
+
+
+def measure(root: str, process: str, workdir: str, step: int, sampler: str, steps: int, num_samples: int,
+            metrics: tuple[str, ...]) -> dict:
+  """One `genimg eval` (or its earlier copy when that holds `metrics`): the copied report's fields."""
+  copy = os.path.join(root, "reports", f"{process}-{sampler}-{steps}-n{num_samples}.json")
+  if os.path.exists(copy):
+    with open(copy) as f:
+      saved = json.load(f)
+    if set(metrics) <= set(saved["report"]["metrics"]):
+      return saved
+  args = ["eval", "--workdir", workdir, "--metrics", ",".join(metrics), "--num_samples", str(num_samples),
+          "--feature_net", "classifier", "--seed", "0", "--checkpoint", str(step), "--sampler", sampler,
+          "--steps", str(steps)]
+  print(f"genimg {' '.join(args)}", file=sys.stderr)
+  loadavg = _loadavg()  # The CPU may be shared: judges the wall seconds.
+  start = time.perf_counter()
+  result = _cli(args)
+  wall = time.perf_counter() - start
+  if result.returncode:
+    sys.exit(f"genimg {' '.join(args)} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+  with open(os.path.join(workdir, "eval", f"eval_{step:07d}.json")) as f:
+    report = json.load(f)
+  # The report keeps metrics of earlier evals of this step: take this eval's and check they are its.
+  report["metrics"] = {name: report["metrics"][name] for name in metrics}
+  for name, entry in report["metrics"].items():
+    asked = (num_samples, 0, sampler, steps)
+    found = (entry["num_samples"], entry["seed"], entry["sampler"]["sampler"], entry["sampler"]["steps"])
+    if report["step"] != step or found != asked:
+      sys.exit(f"{workdir}: the report's {name} of step {report['step']} has (num_samples, seed, sampler, "
+               f"steps) = {found}, the eval asked for step {step}, {asked}")
+  saved = {"command": ["genimg", *args], "eval_wall_s": wall, "loadavg_before": loadavg, "report": report}
+  os.makedirs(os.path.dirname(copy), exist_ok=True)
+  with open(copy, "w") as f:
+    json.dump(saved, f, indent=2)
+  return saved
+
+
+def row_of(process: str, saved: dict) -> dict:
+  """A table row from a measurement: its settings, NFE, metrics and eval seconds."""
+  m = saved["report"]["metrics"]
+  fid = m["fid"]
+  row = {"process": process, "sampler": fid["sampler"]["sampler"], "steps": fid["sampler"]["steps"],
+         "nfe": fid["sampler"]["nfe"], "num_samples": fid["num_samples"], "fid": fid["value"], "is": None,
+         "is_std": None, "precision": None, "recall": None, "eval_wall_s": saved["eval_wall_s"],
+         "eval_loadavg_before": saved["loadavg_before"], "feature_net": fid["feature_net"],
+         "reference": fid["reference"], "seed": fid["seed"]}
+  if "is" in m:
+    row["is"], row["is_std"] = m["is"]["mean"], m["is"]["std"]
+  if "pr" in m:
+    row["precision"], row["recall"] = m["pr"]["precision"], m["pr"]["recall"]
+  return row
+
+
+def _git_commit() -> dict:
+  run = lambda *a: subprocess.run(["git", *a], check=False, cwd=REPO, capture_output=True, text=True).stdout.strip()
+  return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+
+
+def _machine() -> dict:
+  model = platform.processor()
+  if os.path.exists("/proc/cpuinfo"):
+    with open("/proc/cpuinfo") as f:
+      model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+  return {"cpu_count": os.cpu_count(), "cpu": model, "platform": platform.platform()}
+
+
+def _loadavg() -> list[str] | None:
+  return open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
+
+
+def _label(row: dict) -> str:
+  return f"{row['process']} {SAMPLER_NAMES.get(row['sampler'], row['sampler'])}"
+
+
+def _number(value, digits: int = 3) -> str:
+  return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _load(row: dict) -> str:
+  """The 1-minute load average when the row's eval started."""
+  return row["eval_loadavg_before"][0] if row["eval_loadavg_before"] else "-"
+
+
+def tables(report: dict) -> str:
+  """The markdown: how it was measured, then training, the NFE sweep and the headline rows."""
+  first = (report["sweep"] or report["headline"])[0]
+  how = (f"Feature net: {first['feature_net']}; reference: {first['reference']}; seed {first['seed']}; "
+         f"EMA parameters at step {report['train_steps']}; commit {report['git']['commit'][:10]}"
+         f"{' (uncommitted changes)' if report['git']['dirty'] else ''}; {report['machine']['cpu_count']} CPUs "
+         f"({report['machine']['cpu']}), load average {report['loadavg_before']} before, "
+         f"{report['loadavg_after']} after.")
+  head = ["process", "config", "steps", "loop wall s", "steps/s (loop)", "steps/s (steady)", "process wall s",
+          "final loss"]
+  lines = [how, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for process, t in report["training"].items():
+    lines.append(f"| {process} | {t['config']} | {t['train_steps']} | {t['train_loop_s']:.0f} | "
+                 f"{t['train_steps_per_s']:.2f} | {_number(t['train_steady_steps_per_s'], 2)} | "
+                 f"{_number(t['train_process_wall_s'], 0)} | {t['train_final_loss']:.4f} |")
+  sweep_title = (f"NFE vs FID ({report['sweep_samples']} samples; load: the 1-minute load average as the eval "
+                 "started, on a CPU shared with other work):")
+  lines += ["", sweep_title, "",
+            "| process | sampler | steps | NFE | FID | eval s | load |", "|---|---|---|---|---|---|---|"]
+  for r in report["sweep"]:
+    lines.append(f"| {r['process']} | {r['sampler']} | {r['steps']} | {r['nfe']} | {r['fid']:.2f} | "
+                 f"{r['eval_wall_s']:.0f} | {_load(r)} |")
+  lines += ["", "Each process with its config's sampler:", "",
+            "| process | sampler | steps | NFE | samples | FID | IS | precision | recall | eval s | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in report["headline"]:
+    lines.append(f"| {r['process']} | {r['sampler']} | {r['steps']} | {r['nfe']} | {r['num_samples']} | "
+                 f"{r['fid']:.2f} | {_number(r['is'], 2)} ± {_number(r['is_std'], 2)} | {_number(r['precision'])} | "
+                 f"{_number(r['recall'])} | {r['eval_wall_s']:.0f} | {_load(r)} |")
+  return "\n".join(lines)
+
+
+def plot(report: dict, path: str) -> None:
+  """NFE vs FID, one line per process and sampler, the NFE axis logarithmic."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot, ticker
+
+  curves = {}
+  for r in report["sweep"]:
+    curves.setdefault(_label(r), []).append((r["nfe"], r["fid"]))
+  figure, axes = pyplot.subplots(figsize=(6.4, 4.4))
+  for label, points in curves.items():
+    nfe, fid = zip(*sorted(points))
+    axes.plot(nfe, fid, marker="o", label=label)
+  axes.set_xscale("log")
+  axes.set_yscale("log")
+  for axis in (axes.xaxis, axes.yaxis):  # Plain numbers at 1, 2 and 5 times powers of ten, not 10^x.
+    axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+    axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+  axes.set_xlabel("network evaluations per image (NFE)")
+  axes.set_ylabel(f"FID ({report['sweep_samples']} samples, classifier features)")
+  axes.set_title(f"digits 16x16, {report['train_steps']} training steps each")
+  axes.grid(True, which="both", alpha=0.3)
+  axes.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  pyplot.close(figure)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir_root", required=True, help="the runs: <root>/ddpm, <root>/edm, <root>/flow")
+  parser.add_argument("--headline_samples", default="1000,10000", help="comma-separated sample counts of the "
+                      "headline rows")
+  parser.add_argument("--quick", action="store_true", help=f"a smoke test: runs in <root>/quick trained "
+                      f"{QUICK_STEPS} steps with a narrow UNet, one NFE per sampler, {QUICK_SAMPLES} samples")
+  parser.add_argument("--out", help="the JSON; .md and .png go next to it (default: "
+                      "benchmarks/results/diffusion_quality.json, with --quick <root>/quick/diffusion_quality.json)")
+  args = parser.parse_args()
+
+  root = os.path.abspath(args.workdir_root)
+  if args.quick:
+    root = os.path.join(root, "quick")
+    processes, train_steps, overrides = QUICK_PROCESSES, QUICK_STEPS, QUICK_TRAIN
+    sweep_samples, headline_samples = QUICK_SAMPLES, [QUICK_SAMPLES]
+  else:
+    processes, train_steps, overrides = PROCESSES, TRAIN_STEPS, {}
+    sweep_samples = SWEEP_SAMPLES
+    headline_samples = [int(n) for n in args.headline_samples.split(",") if n]
+  out = args.out or (os.path.join(root, "diffusion_quality.json") if args.quick
+                     else os.path.join(REPO, "benchmarks", "results", "diffusion_quality.json"))
+  os.makedirs(root, exist_ok=True)
+  loadavg_before = _loadavg()
+
+  workdirs, training = {}, {}
+  for process, (config, _, _) in processes.items():
+    workdirs[process] = ensure_trained(root, process, config, train_steps, overrides)
+    training[process] = dict(config=config, **training_speed(root, process, workdirs[process], train_steps))
+
+  def headline_rows(n: int) -> list[dict]:
+    rows = []
+    for process, (_, _, (sampler, steps)) in processes.items():
+      saved = measure(root, process, workdirs[process], train_steps, sampler, steps, n, ("fid", "is", "pr"))
+      rows.append(dict(row_of(process, saved), **training[process]))
+    return rows
+
+  # The smallest headline sample count first: its rows (fid, is, pr) also serve the sweep's points there.
+  counts = sorted(headline_samples)
+  headline = headline_rows(counts[0]) if counts else []
+  sweep = []
+  for process, (_, samplers, _) in processes.items():
+    for sampler, all_steps in samplers.items():
+      for steps in all_steps:
+        saved = measure(root, process, workdirs[process], train_steps, sampler, steps, sweep_samples, ("fid",))
+        sweep.append(dict(row_of(process, saved), **training[process]))
+  for n in counts[1:]:
+    headline += headline_rows(n)
+
+  report = {"train_steps": train_steps, "sweep_samples": sweep_samples, "headline_samples": headline_samples,
+            "quick": args.quick, "workdir_root": root, "git": _git_commit(), "machine": _machine(),
+            "loadavg_before": loadavg_before, "loadavg_after": _loadavg(), "training": training, "sweep": sweep,
+            "headline": headline}
+  markdown = tables(report)
+  print(markdown)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  stem = os.path.splitext(out)[0]
+  with open(out, "w") as f:
+    json.dump(report, f, indent=2)
+  with open(stem + ".md", "w") as f:
+    f.write(markdown + "\n")
+  plot(report, stem + ".png")
+  print(f"wrote {out}, {stem}.md, {stem}.png", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  main()
