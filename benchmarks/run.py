@@ -2,6 +2,7 @@ r"""The benchmark suite: every family's train step and samplers, next to PyTorch
 
   python benchmarks/run.py                        # all families' configs (see FAMILY_CONFIGS)
   python benchmarks/run.py --configs ddpm_digits,vae_digits --torch eager,compile
+  python benchmarks/run.py --configs edm_cifar10,flow_cifar10,dit_cifar10   # the diffusion processes and the DiT
   python benchmarks/run.py --quick                # a smoke run of the whole suite, about a minute on a CPU
 
 For each config, each measurement in a fresh subprocess (so peak memory and threads are its own):
@@ -9,11 +10,13 @@ For each config, each measurement in a fresh subprocess (so peak memory and thre
   synchronised with block_until_ready), peak memory, model FLOPs per image from the compiled
   step's cost analysis, and MFU = achieved FLOP/s / peak FLOP/s, the peak being a large matmul
   in the config's compute dtype measured on the same machine in the same run; then each
-  sampler variant's compile seconds and images/s (median of calls repeated for up to 2 s).
-- torch: the reference of the same architecture (benchmarks/torch_reference/, parameter count
-  checked equal to ours, else the run fails) trained on the same batch on the same device,
+  sampler variant's compile seconds and images/s (median of calls repeated for up to 2 s), with its
+  network evaluations per image (NFE) and network passes per image (2 per NFE under guidance).
+- torch: the reference of the same architecture and objective (benchmarks/torch_reference/, parameter
+  count checked equal to ours, else the run fails) trained on the same batch on the same device,
   eagerly and under torch.compile (--torch), with ours/torch ratios in the table.
-Batches are synthetic (uniform noise in [-1, 1]), so the input pipeline is not timed here
+Batches are synthetic (uniform noise in [-1, 1], and uniform labels for a class-conditional model), so
+the input pipeline is not timed here
 (benchmarks/data_speed.py). Prints markdown tables and writes JSON (--out).
 """
 
@@ -28,14 +31,21 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Each family: (its CIFAR-10-sized config, its CPU demo config).
+# Each family, and the diffusion family's other processes and backbone: (its CIFAR-10-sized config, its CPU
+# demo config).
 FAMILY_CONFIGS = {
     "diffusion": ("ddpm_cifar10", "ddpm_digits"),
     "gan": ("sngan_cifar10", "dcgan_digits"),
     "vae": ("vae_cifar10", "vae_digits"),
     "autoregressive": ("igpt_cifar10", "igpt_digits"),
+    "edm": ("edm_cifar10", "edm_digits"),
+    "flow": ("flow_cifar10", "flow_digits"),
+    "dit": ("dit_cifar10", "dit_digits"),  # DiT trained as a flow
+    "guided": ("flow_cifar10_cond", "flow_digits_cond"),  # class-conditional flow, with the guided samplers
 }
 # Sampler variants: name -> config overrides. Unlisted fields keep the config's values.
+# Guided variants guide at every step (two network passes per evaluation), whatever the config's interval.
+GUIDED_EVERYWHERE = "(0.0, 1e400)"  # an override string: 1e400 parses as inf
 SAMPLE_VARIANTS = {
     "ddim-50": {"sample.sampler": "ddim", "sample.steps": 50},
     "ddim-10": {"sample.sampler": "ddim", "sample.steps": 10},
@@ -45,9 +55,32 @@ SAMPLE_VARIANTS = {
     "cached": {"sample.sampler": "cached"},  # autoregressive: key/value cache
     "uncached": {"sample.sampler": "uncached"},  # autoregressive: full forward pass per token
     "generator": {},  # a GAN's one forward pass of the EMA generator
+    # EDM and flow at several step counts, unguided. NFE: EDM Heun 2N - 1, flow Heun 2N, Euler and
+    # Euler-Maruyama N.
+    **{f"edm-heun-{n}": {"sample.sampler": "heun", "sample.steps": n, "sample.guidance": 0.0} for n in (3, 5, 9, 18)},
+    **{f"flow-euler-{n}": {"sample.sampler": "euler", "sample.steps": n, "sample.guidance": 0.0}
+       for n in (5, 10, 18, 35, 50)},
+    "flow-heun-25": {"sample.sampler": "heun", "sample.steps": 25, "sample.guidance": 0.0},
+    "flow-em-50": {"sample.sampler": "euler_maruyama", "sample.steps": 50, "sample.guidance": 0.0},
+    # Classifier-free guidance at scale 1 (class-conditional models trained with label dropout): two
+    # network passes per NFE.
+    "edm-heun-18-guided": {"sample.sampler": "heun", "sample.steps": 18, "sample.guidance": 1.0,
+                           "sample.guidance_interval": GUIDED_EVERYWHERE},
+    "flow-euler-50-guided": {"sample.sampler": "euler", "sample.steps": 50, "sample.guidance": 1.0,
+                           "sample.guidance_interval": GUIDED_EVERYWHERE},
+    "flow-heun-25-guided": {"sample.sampler": "heun", "sample.steps": 25, "sample.guidance": 1.0,
+                           "sample.guidance_interval": GUIDED_EVERYWHERE},
 }
-DEFAULT_VARIANTS = {"diffusion": ["ddim-50", "ddpm"], "vae": ["vae-sample"], "autoregressive": ["cached"],
-                    "gan": ["generator"]}
+# The variants measured by default: by family, the diffusion family's by process; GUIDED_VARIANTS besides for
+# a model trained for guidance.
+DEFAULT_VARIANTS = {"ddpm": ["ddim-50", "ddpm"], "edm": ["edm-heun-3", "edm-heun-5", "edm-heun-9", "edm-heun-18"],
+                    "flow": ["flow-euler-5", "flow-euler-10", "flow-euler-18", "flow-euler-35", "flow-euler-50",
+                             "flow-heun-25", "flow-em-50"],
+                    "vae": ["vae-sample"], "autoregressive": ["cached"], "gan": ["generator"]}
+GUIDED_VARIANTS = {"edm": ["edm-heun-18-guided"], "flow": ["flow-euler-50-guided", "flow-heun-25-guided"]}
+# A DiT of about the digits UNet's size (1.27M parameters against 1.11M): patch 2, width 128, 4 blocks.
+DIT_DIGITS = {"model.arch": "dit", "model.patch_size": 2, "model.hidden_size": 128, "model.depth": 4,
+              "model.num_heads": 4, "model.mlp_ratio": 4.0, "model.dropout": 0.0}
 # Benchmark configs that are a config file with overrides: name -> (file in configs/, overrides).
 CONFIG_VARIANTS = {
     # A modest model (2 layers, width 32, float32) on 32x32x3 images, 3072 tokens, so that the
@@ -57,6 +90,9 @@ CONFIG_VARIANTS = {
     # The CPU defaults' alternatives, for side-by-side comparisons on a CPU.
     "igpt_digits_xla_attention": ("igpt_digits", {"model.attention": "xla"}),
     "dcgan_digits_device_per_core": ("dcgan_digits", {"mesh.cpu_devices": 0}),
+    # flow_digits and flow_digits_cond with the DiT in place of the UNet.
+    "dit_digits": ("flow_digits", DIT_DIGITS),
+    "dit_digits_cond": ("flow_digits_cond", DIT_DIGITS),
 }
 # Batch sizes for configs whose step splits its batch (a GAN: one slice per discriminator
 # update) and so cannot take --batch_size's default: 5 slices of 32.
@@ -69,7 +105,10 @@ QUICK_OVERRIDES = {
     "dcgan_digits": {"data.image_size": 8, "model.g_ch": 8, "model.d_ch": 8, "model.ch_mult": (1, 2)},
     "vae_digits": {"data.image_size": 8, "model.ch": 16, "model.ch_mult": (1, 2), "model.latent_dim": 8},
     "igpt_digits": {"data.image_size": 8, "model.num_layers": 2, "model.width": 32, "model.num_heads": 2},
+    "dit_digits_cond": {"data.image_size": 8, "model.hidden_size": 32, "model.depth": 2, "model.num_heads": 2},
 }
+# --quick's sampler variants where not the defaults: one that doubles the NFE (Heun) and the passes (guidance).
+QUICK_SAMPLERS = {"dit_digits_cond": ["flow-heun-25-guided"]}
 
 
 def load_config(name: str, overrides: dict):
@@ -80,6 +119,29 @@ def load_config(name: str, overrides: dict):
   fields = dict(variant, **overrides)
   return config_lib.load(os.path.join(REPO, "configs", f"{file}.py"),
                          [f"--config.{k}={v}" for k, v in fields.items()])
+
+
+def default_samplers(config) -> list[str]:
+  """The SAMPLE_VARIANTS a config is measured with by default: DEFAULT_VARIANTS of its family (of its
+  process, for diffusion), and GUIDED_VARIANTS too for a class-conditional model trained with label dropout."""
+  if config.method != "diffusion":
+    return DEFAULT_VARIANTS[config.method]
+  process = config.diffusion.process
+  guided = config.model.num_classes > 0 and config.diffusion.label_dropout > 0
+  return DEFAULT_VARIANTS[process] + (GUIDED_VARIANTS.get(process, []) if guided else [])
+
+
+def network_passes(config, nfe: int) -> int | None:
+  """Network passes per image of a sampler making `nfe` network evaluations per image.
+
+  Classifier-free guidance (sample.guidance != 0) evaluates the conditional and the unconditional
+  model, two passes per evaluation, where the noise level lies in sample.guidance_interval: at every
+  level with the default interval (0, inf); with another the count depends on the levels: None.
+  """
+  sample = config.get("sample")
+  if not sample or not sample.get("guidance", 0.0):
+    return nfe
+  return 2 * nfe if tuple(sample.guidance_interval) == (0.0, float("inf")) else None
 
 
 def transformer_flops_per_image(config) -> float:
@@ -137,7 +199,6 @@ def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int
                  sample_num: int) -> dict:
   """Our train step and samplers for one config, in this process; returns a row."""
   import jax
-  import jax.numpy as jnp
 
   from genimg_jax import methods, seeds
   from genimg_jax.parallel import mesh as mesh_lib
@@ -152,10 +213,10 @@ def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int
   keys = seeds.root_keys(0)
   state = jax.jit(method.init, out_shardings=mesh_lib.replicated(mesh))(keys["init"])
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  image_rng, label_rng = jax.random.split(keys["eval"])
   batch = mesh_lib.to_global({
-      "image": jax.device_get(jax.random.uniform(keys["eval"], (batch_size,) + method.image_shape,
-                                                 minval=-1, maxval=1)),
-      "label": jax.device_get(jnp.zeros((batch_size,), jnp.int32))}, mesh)
+      "image": jax.device_get(jax.random.uniform(image_rng, (batch_size,) + method.image_shape, minval=-1, maxval=1)),
+      "label": jax.device_get(jax.random.randint(label_rng, (batch_size,), 0, max(method.num_classes, 1)))}, mesh)
 
   train_step = steps.jit_train_step(method, mesh, mesh_lib.replicated(mesh))
   start = time.perf_counter()
@@ -190,13 +251,15 @@ def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int
 
   for spec in samplers:
     variant = load_config(name, dict(overrides, **SAMPLE_VARIANTS[spec]))
-    sample = jax.jit(methods.make(variant).sample, static_argnums=2)
+    variant_method = methods.make(variant)
+    sample = jax.jit(variant_method.sample, static_argnums=2)
     start = time.perf_counter()
     compiled_sample = sample.lower(state.ema_params, keys["sample"], sample_num).compile()
     sample_compile_s = time.perf_counter() - start
     sample_s = _median_call_s(compiled_sample, state.ema_params, keys["sample"])
     row["samplers"][spec] = {"num": sample_num, "compile_s": sample_compile_s, "seconds": sample_s,
-                             "images_per_s": sample_num / sample_s}
+                             "images_per_s": sample_num / sample_s, "nfe": variant_method.sample_nfe,
+                             "network_passes": network_passes(variant, variant_method.sample_nfe)}
 
   stats = jax.devices()[0].memory_stats()
   if stats and "peak_bytes_in_use" in stats:
@@ -219,7 +282,7 @@ def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per
   shape = (config.train.batch_size, config.data.image_size, config.data.image_size, config.data.channels)
   generator = torch.Generator(device="cpu").manual_seed(0)
   images = (torch.rand(shape, generator=generator) * 2 - 1).to(device)
-  labels = torch.zeros(shape[0], dtype=torch.int64, device=device)
+  labels = torch.randint(0, max(config.model.get("num_classes", 0), 1), shape[:1], generator=generator).to(device)
 
   def run(num: int) -> float:
     start = time.perf_counter()
@@ -233,25 +296,29 @@ def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per
   step_s = statistics.median(run(steps_per_window) / steps_per_window for _ in range(windows))
   peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+  # The file that defines the (first) network: named if the parameter counts differ.
+  module = type(next(iter(reference.modules.values()))).__module__.rsplit(".", 1)[-1]
   return {"mode": mode, "torch": torch.__version__, "device": str(device), "params": reference.num_params,
-          "first_step_s": compile_s, "train_step_s": step_s,
+          "module": module, "first_step_s": compile_s, "train_step_s": step_s,
           "train_images_per_s": config.train.batch_size / step_s, "peak_memory_MiB": peak}
 
 
 def _child(args: list[str]) -> dict:
   """Runs this script with `args` in a fresh process; returns the JSON it prints after 'ROW '."""
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   result = subprocess.run([sys.executable, os.path.abspath(__file__)] + args, capture_output=True, text=True,
-                          cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", "")))
+                          cwd=REPO, env=env)
   if result.returncode:
     sys.exit(f"benchmark step {' '.join(args)} failed:\n{result.stderr[-3000:]}")
   return json.loads(next(l for l in result.stdout.splitlines() if l.startswith("ROW "))[4:])
 
 
-def require_same_params(name: str, family: str, ours: int, reference: int) -> None:
-  """Exits naming the reference's file when its trainable parameter count differs from ours."""
+def require_same_params(name: str, module: str, ours: int, reference: int) -> None:
+  """Exits naming the reference's file (benchmarks/torch_reference/<module>.py) when its trainable
+  parameter count differs from ours."""
   if reference != ours:
     sys.exit(f"{name}: the torch reference has {reference} trainable parameters, ours {ours}: "
-             f"benchmarks/torch_reference/{family}.py does not match the model")
+             f"benchmarks/torch_reference/{module}.py does not match the model")
 
 
 def _loadavg() -> list[str] | None:
@@ -287,10 +354,16 @@ def train_table(rows: list[dict], torch_modes: list[str]) -> str:
 
 
 def sample_table(rows: list[dict]) -> str:
-  lines = ["| config | sampler | images | img/s | compile s |", "|---|---|---|---|---|"]
+  """One line per sampler: NFE and network passes per image, images/s, and network img/s = img/s x
+  passes (for a diffusion sampler the network's throughput in images, to set against the train step's)."""
+  lines = ["| config | sampler | NFE | passes/img | images | img/s | network img/s | compile s |",
+           "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     for spec, s in r["samplers"].items():
-      lines.append(f"| {r['config']} | {spec} | {s['num']} | {_rate(s['images_per_s'])} | {s['compile_s']:.1f} |")
+      passes = s["network_passes"]
+      network_rate = _rate(s["images_per_s"] * passes) if passes else "-"
+      lines.append(f"| {r['config']} | {spec} | {s['nfe']} | {passes or '-'} | {s['num']} | "
+                   f"{_rate(s['images_per_s'])} | {network_rate} | {s['compile_s']:.1f} |")
   return "\n".join(lines)
 
 
@@ -311,13 +384,14 @@ def main() -> None:
   parser.add_argument("--windows", type=int, default=5)
   parser.add_argument("--steps_per_window", type=int, default=5)
   parser.add_argument("--samplers", help="comma-separated names from SAMPLE_VARIANTS for every config "
-                      "(default: DEFAULT_VARIANTS of each config's family; '' for none)")
+                      "(default: each config's default_samplers; '' for none)")
   parser.add_argument("--sample_num", type=int, default=16)
   parser.add_argument("--torch", default="eager,compile", help="torch reference modes: eager, compile; '' for none")
   parser.add_argument("--peak_size", type=int, help="matmul size of the peak-FLOP/s measurement "
                       "(default: 8192 on an accelerator, 2048 on a CPU)")
   parser.add_argument("--quick", action="store_true", help="the demo configs shrunk (QUICK_OVERRIDES), one window "
-                      "of 2 steps, 2 images per sampler, torch eager only: checks the suite end to end")
+                      "of 2 steps, 2 images per sampler (QUICK_SAMPLERS), torch eager only: checks the suite end "
+                      "to end")
   parser.add_argument("--out", default="benchmarks/results/run.json")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -359,8 +433,13 @@ def main() -> None:
     overrides["train.batch_size"] = args.batch_size or DEFAULT_BATCH_SIZES.get(name, 32)
     if args.dtype:
       overrides["model.dtype"] = args.dtype
-    family = load_config(name, overrides).method
-    samplers = args.samplers.split(",") if args.samplers is not None else DEFAULT_VARIANTS[family]
+    config = load_config(name, overrides)
+    if args.samplers is not None:
+      samplers = args.samplers.split(",")
+    elif args.quick and name in QUICK_SAMPLERS:
+      samplers = QUICK_SAMPLERS[name]
+    else:
+      samplers = default_samplers(config)
     common = {"config": name, "overrides": overrides, "windows": args.windows,
               "steps_per_window": args.steps_per_window}
     row = _child(["--child", json.dumps(dict(common, kind="ours", samplers=[s for s in samplers if s],
@@ -374,7 +453,7 @@ def main() -> None:
     row["torch"] = {}
     for mode in torch_modes:
       result = _child(["--child", json.dumps(dict(common, kind="torch", mode=mode))])
-      require_same_params(name, family, row["params"], result["params"])
+      require_same_params(name, result["module"], row["params"], result["params"])
       row["torch"][mode] = result
     rows.append(row)
     print(f"measured {name}", file=sys.stderr)

@@ -1,12 +1,19 @@
 r"""Class-conditional rectified flow on the offline digits at 16x16 with classifier-free guidance: the
 flow_digits UNet with a class embedding, labels dropped to the null class 10% of the time while
-training, sampled by 50 Euler steps of the guided velocity v_c + w (v_c - v_u), w = 1.
+training, sampled by 50 Euler steps of the guided velocity v_c + w (v_c - v_u), w = 1, applied where
+sigma = t / (1 - t) <= 1 (the second half of the steps).
 
 Command:
   genimg train --config configs/flow_digits_cond.py --workdir runs/flow_digits_cond
 Hardware: sized for a 2-core CPU (no accelerator).
-Wall time: MEASURE
-Expected result: MEASURE
+Wall time: about 9 minutes on an idle 2-core CPU, as flow_digits (the class embedding adds 0.2% of
+  parameters); 21 min 32 s measured on a 2-core CPU shared with other jobs (load average 5-8), 2026-12-01.
+Expected result: samples/step_0001500.png, a 10 x 10 grid whose column j shows the digit j. With
+  `genimg eval --metrics fid,acc --num_samples 1000` (classifier features, seed 0, Euler-50), the
+  digit classifier agrees with the requested class on 99.4% of the samples at FID 8.96 (this config);
+  unguided (--guidance 0): 97.6%, FID 5.76; guided everywhere: w = 0.25: 99.7%, FID 12.9; w = 0.5:
+  100%, FID 25.1; w = 1: 100%, FID 54.9; w = 1 on sigma in [0.28, 5.42] (EDM2's interval): 100%,
+  FID 31.9 (same run). Guidance at high noise levels collapses the diversity of the digits.
 """
 
 import os
@@ -20,5 +27,6 @@ def get_config():
   config.model.num_classes = 10
   config.diffusion.label_dropout = 0.1
   config.sample.guidance = 1.0
+  config.sample.guidance_interval = (0.0, 1.0)
   config.train.num_samples = 100  # 10 x 10 grid: column j shows class j
   return config

@@ -22,18 +22,22 @@ def test_quick_benchmark_produces_every_row(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(out.read_text())
   rows = {r["config"]: r for r in report["rows"]}
-  assert sorted(rows) == ["dcgan_digits", "ddpm_digits", "igpt_digits", "vae_digits"]
+  assert sorted(rows) == ["dcgan_digits", "ddpm_digits", "dit_digits_cond", "igpt_digits", "vae_digits"]
   for name, r in rows.items():
     for field in ("params", "train_images_per_s", "train_compile_s", "flops_per_image", "mfu", "peak_memory_MiB"):
       assert r[field] > 0, (name, field, r[field])
-    assert r["samplers"] and all(s["images_per_s"] > 0 for s in r["samplers"].values()), name
+    assert r["samplers"] and all(s["images_per_s"] > 0 and s["nfe"] > 0 for s in r["samplers"].values()), name
     if HAS_TORCH:
       assert r["torch"]["eager"]["train_images_per_s"] > 0 and r["torch"]["eager"]["params"] == r["params"], name
   assert set(rows["ddpm_digits"]["samplers"]) == {"ddim-50", "ddpm"}
+  assert {k: s["nfe"] for k, s in rows["ddpm_digits"]["samplers"].items()} == {"ddim-50": 50, "ddpm": 100}
+  # The class-conditional DiT flow: Heun's 2 evaluations per step, guidance's 2 network passes per evaluation.
+  dit = rows["dit_digits_cond"]["samplers"]
+  assert {k: (s["nfe"], s["network_passes"]) for k, s in dit.items()} == {"flow-heun-25-guided": (50, 100)}
   # The compiled step's count also holds norms, softmax, the loss and the optimizer: a little above the matmuls.
   igpt = rows["igpt_digits"]
   assert 1.0 <= igpt["flops_per_image"] / igpt["flops_per_image_by_hand"] <= 1.3, igpt
-  for table_head in ("| config | dtype | params |", "| config | sampler |"):
+  for table_head in ("| config | dtype | params |", "| config | sampler | NFE | passes/img |"):
     assert table_head in result.stdout
 
 
@@ -46,6 +50,34 @@ def test_bad_flags_exit_naming_the_flag(flags, words, tmp_path):
                            "--out", str(tmp_path / "run.json")], capture_output=True, text=True, cwd=REPO)
   assert result.returncode != 0 and words in result.stderr, result.stderr[-2000:]
   assert not (tmp_path / "run.json").exists()
+
+
+# NFE per image of the diffusion processes' variants: EDM Heun 2N - 1, flow Heun 2N, Euler(-Maruyama) N.
+VARIANT_NFE = {"ddim-50": 50, "edm-heun-3": 5, "edm-heun-5": 9, "edm-heun-9": 17, "edm-heun-18": 35,
+               "edm-heun-18-guided": 35, "flow-euler-5": 5, "flow-euler-10": 10, "flow-euler-18": 18,
+               "flow-euler-35": 35, "flow-euler-50": 50, "flow-euler-50-guided": 50, "flow-heun-25": 50,
+               "flow-heun-25-guided": 50, "flow-em-50": 50}
+
+
+@pytest.mark.parametrize("name", ["edm_digits", "flow_digits", "dit_digits", "flow_digits_cond", "edm_cifar10",
+                                  "edm_cifar10_cond", "flow_cifar10", "dit_cifar10", "flow_cifar10_cond"])
+def test_default_sampler_variants_build_with_their_nfe_and_network_passes(name):
+  """Each default variant of a diffusion config is a sampler its process takes, at the NFE of its name;
+  the guided ones (for models trained with label dropout only) take two network passes per evaluation."""
+  from benchmarks import run
+  from genimg_jax import methods
+
+  config = run.load_config(name, {})
+  specs = run.default_samplers(config)
+  process = config.diffusion.process
+  assert [s for s in specs if not s.endswith("-guided")] == run.DEFAULT_VARIANTS[process]
+  guided = [s for s in specs if s.endswith("-guided")]
+  assert guided == (run.GUIDED_VARIANTS[process] if name in ("flow_digits_cond", "flow_cifar10_cond") else [])
+  for spec in specs:
+    variant = run.load_config(name, run.SAMPLE_VARIANTS[spec])
+    nfe = methods.make(variant).sample_nfe
+    assert nfe == VARIANT_NFE[spec], spec
+    assert run.network_passes(variant, nfe) == (2 * nfe if spec in guided else nfe), spec
 
 
 def test_a_parameter_count_mismatch_exits_naming_the_reference_file():

@@ -1,5 +1,7 @@
 """Config files, overrides and validation errors."""
 
+import ast
+import glob
 import os
 
 import pytest
@@ -7,7 +9,7 @@ import pytest
 from genimg_jax import config as config_lib
 from genimg_jax import methods
 from genimg_jax.errors import ConfigError
-from helpers import DIGITS_CONFIG
+from helpers import DIGITS_CONFIG, REPO
 
 
 def test_overrides_are_parsed_by_field_type():
@@ -129,3 +131,21 @@ def test_by_default_a_new_process_gets_one_device_per_core():
   assert result.returncode == 0, result.stderr[-2000:]
   cores = len(os.sched_getaffinity(0))
   assert int(result.stdout) == max(d for d in range(1, cores + 1) if 64 % d == 0)  # digits: batch 64
+
+
+CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_every_config_builds_and_says_how_to_run_it(path):
+  """Each config file states its command, hardware, wall time and expected result, and its method
+  builds (parameter shapes only: the CIFAR-10 ones are not trained here)."""
+  import jax
+
+  doc = ast.get_docstring(ast.parse(open(path).read()))
+  name = os.path.splitext(os.path.basename(path))[0]
+  assert f"genimg train --config configs/{name}.py" in doc
+  for heading in ("Command:", "Hardware:", "Wall time:", "Expected result:"):
+    assert heading in doc, (name, heading)
+  shapes = jax.eval_shape(methods.make(config_lib.load_file(path)).init, jax.random.PRNGKey(0)).params
+  assert sum(x.size for x in jax.tree.leaves(shapes)) > 0

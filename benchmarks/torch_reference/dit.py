@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.torch_reference.diffusion import timestep_embedding
+from benchmarks.torch_reference.layers import timestep_embedding
 
 TIME_FREQUENCIES = 256
 LAYER_NORM_EPS = 1e-6

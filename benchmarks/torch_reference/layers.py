@@ -1,4 +1,4 @@
-"""Layers shared by the convolutional references (diffusion UNet, VAE), initialised as flax's."""
+"""Layers shared by the references (diffusion UNet and DiT, VAE), initialised as flax's."""
 
 import math
 
@@ -14,6 +14,16 @@ def lecun_normal_(weight: torch.Tensor) -> None:
   fan_in = weight[0].numel()  # [out, in, kh, kw] or [out, in]
   std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # corrects for the truncation
   nn.init.trunc_normal_(weight, std=std, a=-2.0 * std, b=2.0 * std)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+  """Sinusoidal embedding of timesteps t [B] (any real dtype) -> [B, dim] float32: sin half, then cos half."""
+  if dim % 2:
+    raise ValueError(f"timestep embedding width must be even, got {dim}")
+  half = dim // 2
+  freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - 1))
+  args = t.float()[:, None] * freqs[None, :]
+  return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
