@@ -168,7 +168,6 @@ class Evaluator:
       results["bpd"] = dict(held, seed=self.seed)
     return report
 
-
   def _class_accuracy(self, logits: np.ndarray) -> float:
     """The fraction of generated images the feature net classifies as the class they were drawn for
     (image j asks for class j % num_classes, functions.sampler's default)."""

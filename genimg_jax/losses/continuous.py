@@ -61,6 +61,15 @@ def edm_denoiser(network, sigma_data: float = SIGMA_DATA):
   return denoise
 
 
+def edm_ode_drift(denoise):
+  """The probability-flow ODE of EDM (eq. 3 with sigma(t) = t): f(x, sigma) = dx/dsigma =
+  (x - D(x; sigma)) / sigma for x [B, ...] and sigma [B] > 0, with denoise(x, sigma) -> D(x; sigma)."""
+  def drift(x: jax.Array, sigma: jax.Array) -> jax.Array:
+    return (x - denoise(x, sigma)) / sigma.reshape((-1,) + (1,) * (x.ndim - 1))
+
+  return drift
+
+
 def flow_interpolate(x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
   """x_t = (1 - t) x0 + t eps; x0, eps [B, ...], t [B] in [0, 1]."""
   t = t.reshape((-1,) + (1,) * (x0.ndim - 1))

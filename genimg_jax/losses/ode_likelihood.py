@@ -146,11 +146,8 @@ def edm_log_likelihood(denoise: Drift, x0: jax.Array, rng: jax.Array, sigma_min:
   order |x0| / sigma_max nats (32x32x3 images in [-1, 1] at sigma_max = 80: under 1 nat, 5e-4 bits/dim).
   rng, trace, probe, rtol, atol: as `ode_log_likelihood`.
   """
-  def drift(x, sigma):
-    return (x - denoise(x, sigma)) / sigma.reshape((-1,) + (1,) * (x.ndim - 1))
-
-  return ode_log_likelihood(drift, lambda x: normal_log_prob(x, sigma_max), x0, rng, sigma_min, sigma_max,
-                            trace=trace, probe=probe, rtol=rtol, atol=atol)
+  return ode_log_likelihood(continuous.edm_ode_drift(denoise), lambda x: normal_log_prob(x, sigma_max), x0, rng,
+                            sigma_min, sigma_max, trace=trace, probe=probe, rtol=rtol, atol=atol)
 
 
 def dequantize(x: jax.Array, rng: jax.Array) -> jax.Array:

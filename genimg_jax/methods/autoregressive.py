@@ -9,8 +9,8 @@ import ml_collections
 from genimg_jax.config import require
 from genimg_jax.losses import autoregressive as arl
 from genimg_jax.methods import autoregressive_sampling as sampling
-from genimg_jax.methods.base import (Method, compute_dtype, initial_state, loss_train_step, make_optimizer,
-                                     optimizer_config)
+from genimg_jax.methods.base import (Method, compute_dtype, default_labels, initial_state, loss_train_step,
+                                     make_optimizer, optimizer_config)
 from genimg_jax.models import transformer
 from genimg_jax.registry import lookup
 
@@ -68,7 +68,7 @@ def make_model(config: ml_collections.ConfigDict) -> transformer.ImageTransforme
 
 def sample_labels(num: int, num_classes: int) -> jax.Array | None:
   """The classes sample() conditions on: 0, 1, ..., num_classes - 1, 0, 1, ... ([num] int32); None if 0."""
-  return jnp.arange(num, dtype=jnp.int32) % num_classes if num_classes else None
+  return default_labels(num, num_classes) if num_classes else None
 
 
 def make(config: ml_collections.ConfigDict) -> Method:

@@ -69,6 +69,12 @@ class Method:
   networks: tuple[str, ...] = ()
 
 
+def default_labels(num: int, num_classes: int) -> jax.Array:
+  """The classes `Method.sample` draws when given none: [num] int32, class i % num_classes for image i
+  (zeros when num_classes is 0)."""
+  return jnp.arange(num, dtype=jnp.int32) % max(num_classes, 1)
+
+
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 

@@ -24,8 +24,8 @@ from genimg_jax.config import require
 from genimg_jax.losses import continuous
 from genimg_jax.losses import diffusion as dl
 from genimg_jax.losses import likelihoods, noise, ode_likelihood
-from genimg_jax.methods.base import (Method, compute_dtype, initial_state, loss_train_step, make_optimizer,
-                                     optimizer_config)
+from genimg_jax.methods.base import (Method, compute_dtype, default_labels, initial_state, loss_train_step,
+                                     make_optimizer, optimizer_config)
 from genimg_jax.methods import guidance, ode_samplers
 from genimg_jax.methods.diffusion_samplers import SAMPLERS
 from genimg_jax.models.dit import DiT
@@ -361,7 +361,7 @@ def make(config: ml_collections.ConfigDict) -> Method:
 
     def sample(params, rng, num, labels=None):
       if labels is None:
-        labels = jnp.arange(num, dtype=jnp.int32) % max(num_classes, 1)
+        labels = default_labels(num, num_classes)
       net = sampling_network(params, labels, options)
       return jnp.clip(process.draw(sampler, net, rng, (num,) + image_shape, options), -1.0, 1.0)
 

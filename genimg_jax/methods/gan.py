@@ -28,8 +28,8 @@ import optax
 
 from genimg_jax.config import require
 from genimg_jax.losses import adversarial
-from genimg_jax.methods.base import (Method, TrainState, compute_dtype, ema_update, make_optimizer, optimizer_config,
-                                     split_over_devices)
+from genimg_jax.methods.base import (Method, TrainState, compute_dtype, default_labels, ema_update, make_optimizer,
+                                     optimizer_config, split_over_devices)
 from genimg_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from genimg_jax.models.sngan import ResNetDiscriminator, ResNetGenerator
 from genimg_jax.registry import Registry, lookup
@@ -317,7 +317,7 @@ def sample(parts: Parts, params, rng: jax.Array, num: int, labels: jax.Array | N
   labels [num] int32 (default: class i % num_classes for sample i; zeros when unconditional)."""
   z, _ = latents(parts, rng, num)
   if labels is None or not parts.num_classes:
-    labels = jnp.arange(num, dtype=jnp.int32) % max(parts.num_classes, 1)
+    labels = default_labels(num, parts.num_classes)
   images = parts.generator.apply(params, z, labels, train=False)
   return jnp.clip(images.astype(jnp.float32), -1.0, 1.0)
 

@@ -16,6 +16,11 @@ from genimg_jax.losses import continuous
 from genimg_jax.registry import Registry
 
 
+def _every_image(level, x: jax.Array) -> jax.Array:
+  """The noise level or time `level` (a scalar) for each image of x: [B] float32."""
+  return jnp.full((x.shape[0],), level, jnp.float32)
+
+
 def edm_heun_nfe(num_steps: int) -> int:
   """Denoiser calls of `edm_heun` over num_steps steps: 2N - 1."""
   return 2 * num_steps - 1
@@ -36,17 +41,17 @@ def edm_heun(denoise, sigmas: np.ndarray, rng: jax.Array, shape, *, s_churn: flo
   gamma = np.where((sigmas[:-1] >= s_tmin) & (sigmas[:-1] <= s_tmax), min(s_churn / num_steps, np.sqrt(2) - 1), 0.0)
   sigma_hat = sigmas[:-1] * (1.0 + gamma)
   noise_scale = s_noise * np.sqrt(np.maximum(sigma_hat**2 - sigmas[:-1] ** 2, 0.0))
-  level = lambda s, x: jnp.full((x.shape[0],), s, jnp.float32)
+  drift = continuous.edm_ode_drift(denoise)
 
   def churn_and_euler(x, i, s_hat, scale, s_next):
     x_hat = x + scale * jax.random.normal(jax.random.fold_in(rng, i + 1), shape, jnp.float32)
-    d = (x_hat - denoise(x_hat, level(s_hat, x))) / s_hat
+    d = drift(x_hat, _every_image(s_hat, x))
     return x_hat, d, x_hat + (s_next - s_hat) * d
 
   def heun_step(x, step):
     i, s_hat, scale, s_next = step
     x_hat, d, x_next = churn_and_euler(x, i, s_hat, scale, s_next)
-    d_next = (x_next - denoise(x_next, level(s_next, x))) / s_next
+    d_next = drift(x_next, _every_image(s_next, x))
     return x_hat + (s_next - s_hat) * 0.5 * (d + d_next), None
 
   cast = lambda a: jnp.asarray(a, jnp.float32)
@@ -73,14 +78,13 @@ def flow_ode(velocity, times: np.ndarray, x1: jax.Array, method: str = "euler") 
   e.g. `flow_times`) with Euler or Heun steps; returns x at times[-1], like x1."""
   if method not in ("euler", "heun"):
     raise ValueError(f"unknown flow ODE method {method!r}; choose euler or heun")
-  at = lambda t, x: jnp.full((x.shape[0],), t, jnp.float32)
 
   def step(x, ts):
     t, t_next = ts
-    v = velocity(x, at(t, x))
+    v = velocity(x, _every_image(t, x))
     x_next = x + (t_next - t) * v
     if method == "heun":
-      x_next = x + (t_next - t) * 0.5 * (v + velocity(x_next, at(t_next, x)))
+      x_next = x + (t_next - t) * 0.5 * (v + velocity(x_next, _every_image(t_next, x)))
     return x_next, None
 
   times = jnp.asarray(times, jnp.float32)
@@ -99,11 +103,10 @@ def flow_sde(velocity, times: np.ndarray, x1: jax.Array, rng: jax.Array, noise_s
   The noise at step i is normal(fold_in(rng, i + 1)); the last step adds none (its mean).
   """
   num_steps = len(times) - 1
-  at = lambda t, x: jnp.full((x.shape[0],), t, jnp.float32)
 
   def step(x, inputs):
     i, t, t_next = inputs
-    v = velocity(x, at(t, x))
+    v = velocity(x, _every_image(t, x))
     h = t - t_next
     eps_hat = x + (1.0 - t) * v
     noise = jax.random.normal(jax.random.fold_in(rng, i + 1), x.shape, x.dtype)
