@@ -70,7 +70,8 @@ def test_common_validation(field, value, words):
     ("diffusion.prediction", "'score'", "config.diffusion.prediction"),
     ("sample.sampler", "'euler'", "config.sample.sampler"),
     ("sample.preview_sampler", "'euler'", "config.sample.preview_sampler"),
-    ("model.arch", "'dit'", "config.model.arch"),
+    ("model.arch", "'vit'", "config.model.arch"),
+    ("model.num_classes", -1, "config.model.num_classes"),
     ("sample.steps", 5000, "config.sample.steps"),
     ("ema.decay", 1.0, "config.ema.decay"),
     ("loss.name", "'weighted'", "config.loss.name"),
@@ -79,6 +80,25 @@ def test_common_validation(field, value, words):
 ])
 def test_method_validation(field, value, where):
   config = config_lib.load(DIGITS_CONFIG, [f"--config.{field}={str(value).strip(chr(39))}"])
+  with pytest.raises(ConfigError) as e:
+    methods.make(config)
+  assert e.value.where == where
+
+
+FLOW = ["diffusion.process=flow", "sample.sampler=euler", "sample.preview_sampler="]
+
+
+@pytest.mark.parametrize("overrides,where", [
+    (["model.arch=dit", "model.patch_size=3"], "config.model.patch_size"),
+    (["model.arch=dit", "model.hidden_size=30"], "config.model.hidden_size"),
+    (["model.arch=dit", "model.num_heads=5"], "config.model.num_heads"),
+    (["model.arch=dit", "model.depth=0"], "config.model.depth"),
+    (["model.arch=dit", "model.mlp_ratio=0.0"], "config.model.mlp_ratio"),
+    (FLOW + ["sample.sde_noise=-1.0"], "config.sample.sde_noise"),
+    (FLOW + ["diffusion.likelihood_trace=approximate"], "config.diffusion.likelihood_trace"),
+])
+def test_dit_and_continuous_process_fields_are_checked(overrides, where):
+  config = config_lib.load(DIGITS_CONFIG, [f"--config.{o}" for o in overrides])
   with pytest.raises(ConfigError) as e:
     methods.make(config)
   assert e.value.where == where

@@ -115,3 +115,16 @@ def test_trainer_without_the_evaluation_it_is_configured_for_says_so(data_dir, t
   with pytest.raises(ConfigError, match="config.eval.every: set, but this train.. call was given no evaluation"):
     trainer.train(config, str(tmp_path / "run"), show_progress=False)
   assert not (tmp_path / "run").exists()
+
+
+def test_class_accuracy_compares_each_image_with_the_class_it_was_drawn_for():
+  """Image j is asked for class j % num_classes; a feature net with another class count is refused."""
+  import types
+
+  evaluator = types.SimpleNamespace(method=types.SimpleNamespace(num_classes=3),
+                                    _net=types.SimpleNamespace(name="classifier[test]"))
+  logits = np.eye(3)[[0, 1, 2, 0, 2, 2]]  # images 4 and 5 (asked for 1 and 2): one wrong
+  assert suite.Evaluator._class_accuracy(evaluator, logits) == pytest.approx(5 / 6)
+  with pytest.raises(ConfigError, match="classifier\\[test\\] has 4") as e:
+    suite.Evaluator._class_accuracy(evaluator, np.zeros((6, 4)))
+  assert e.value.where == "config.eval.feature_net"
