@@ -6,8 +6,8 @@ sigma = t / (1 - t) <= 1 (the second half of the steps).
 Command:
   genimg train --config configs/flow_digits_cond.py --workdir runs/flow_digits_cond
 Hardware: sized for a 2-core CPU (no accelerator).
-Wall time: about 9 minutes on an idle 2-core CPU, as flow_digits (the class embedding adds 0.2% of
-  parameters); 21 min 32 s measured on a 2-core CPU shared with other jobs (load average 5-8), 2026-12-01.
+Wall time: about 8 minutes on 2 cores (7 min 38 s measured on a 2-core CPU, 2026-12-01, a test run
+  sharing the cores for its first 100 s; 4.2-4.3 steps/s alone).
 Expected result: samples/step_0001500.png, a 10 x 10 grid whose column j shows the digit j. With
   `genimg eval --metrics fid,acc --num_samples 1000` (classifier features, seed 0, Euler-50), the
   digit classifier agrees with the requested class on 99.4% of the samples at FID 8.96 (this config);

@@ -160,7 +160,8 @@ def _sample(args) -> None:
   if sink:
     sink.close()
   settings = " ".join(f"{k}={v}" for k, v in run.config.sample.items()) if "sample" in run.config else "-"
-  print(f"{args.out}: {args.num} samples from step {run.step} ({settings}, nfe={run.method.sample_nfe}), "
+  cost = f"nfe={run.method.sample_nfe}, network passes={run.method.sample_network_passes}"
+  print(f"{args.out}: {args.num} samples from step {run.step} ({settings}, {cost}), "
         f"seed {args.seed}"
         + (f", labels {args.labels}" if args.labels else ""))
 

@@ -75,9 +75,9 @@ def test_default_sampler_variants_build_with_their_nfe_and_network_passes(name):
   assert guided == (run.GUIDED_VARIANTS[process] if name in ("flow_digits_cond", "flow_cifar10_cond") else [])
   for spec in specs:
     variant = run.load_config(name, run.SAMPLE_VARIANTS[spec])
-    nfe = methods.make(variant).sample_nfe
-    assert nfe == VARIANT_NFE[spec], spec
-    assert run.network_passes(variant, nfe) == (2 * nfe if spec in guided else nfe), spec
+    method = methods.make(variant)
+    assert method.sample_nfe == VARIANT_NFE[spec], spec
+    assert method.sample_network_passes == (2 if spec in guided else 1) * method.sample_nfe, spec
 
 
 def test_a_parameter_count_mismatch_exits_naming_the_reference_file():

@@ -138,6 +138,8 @@ def test_sample_writes_a_grid(run):
   out = run.root / "grid.png"
   result = ok(run.genimg("sample", "--workdir", run.workdir, "--num", "5", "--out", out, *args))
   assert f"{out}: 5 samples from step 4" in result.stdout
+  if run.family == "flow_cond":  # Euler-Maruyama-3 at t = 1, 2/3, 1/3: guided where sigma = t / (1 - t) <= 1.
+    assert "nfe=3, network passes=4" in result.stdout
   size = 16 if run.family.startswith("dcgan") else 8
   assert PIL.Image.open(out).size == (3 * (size + 2) + 2, 2 * (size + 2) + 2)  # 3 columns, 2 rows.
 
@@ -157,7 +159,8 @@ def test_eval_reports_the_family_metrics(run):
   if run.family == "ddpm":
     _check_ddpm_report(report["metrics"], result.stdout)
   if run.family == "flow_cond":
-    assert report["metrics"]["fid"]["sampler"]["guidance"] == 1.0 and report["metrics"]["fid"]["sampler"]["nfe"] == 3
+    sampler = report["metrics"]["fid"]["sampler"]
+    assert (sampler["guidance"], sampler["nfe"], sampler["network_passes"]) == (1.0, 3, 4)
     assert 0 <= report["metrics"]["acc"]["value"] <= 1 and "| class accuracy |" in result.stdout
   if run.family in ("ddpm", "vae", "edm_dit", "igpt"):
     one_line_error(run.genimg("eval", "--workdir", run.workdir, "--metrics", "acc"),

@@ -96,6 +96,44 @@ def test_guidance_changes_samples_only_inside_its_interval(conditional):
   assert make().num_classes == 10
 
 
+def _levels_of_each_evaluation(process, sampler, steps):
+  """EDM sigma (float64) of each network evaluation of one draw, from the samplers' published grids."""
+  if process == "ddpm":
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 100, dtype=np.float64))
+    timesteps = np.arange(100) if sampler == "ddpm" else np.round(np.linspace(0, 99, steps)).astype(int)
+    return np.sqrt((1 - abar[timesteps]) / abar[timesteps])
+  if process == "edm":  # Heun at sigma_i for every step, and at sigma_{i+1} but for the last (Euler) step
+    ramp = np.arange(steps) / (steps - 1)
+    sigmas = (80 ** (1 / 7) + ramp * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    return np.concatenate([sigmas, sigmas[1:]])
+  t = np.linspace(1, 0, steps + 1)  # flow: Euler at t_i, Heun at t_i and t_{i+1}
+  t = np.concatenate([t[:-1], t[1:]]) if sampler == "heun" else t[:-1]
+  with np.errstate(divide="ignore"):
+    return t / (1 - t)
+
+
+@pytest.mark.parametrize("process,sampler", [("ddpm", "ddim"), ("ddpm", "ddpm"), ("edm", "heun"), ("flow", "euler"),
+                                             ("flow", "heun"), ("flow", "euler_maruyama")])
+def test_network_passes_count_two_per_guided_evaluation(data_dir, process, sampler):
+  def passes(**sample):
+    config = tiny_config(data_dir)
+    config.unlock()
+    config.diffusion.process, config.model.num_classes = process, 10
+    config.sample.sampler, config.sample.steps, config.sample.preview_sampler = sampler, 5, ""
+    for field, value in sample.items():
+      config.sample[field] = value
+    method = methods.make(config)
+    return method.sample_nfe, method.sample_network_passes
+
+  levels = _levels_of_each_evaluation(process, sampler, 5)
+  nfe, unguided = passes()
+  assert unguided == nfe == len(levels)
+  assert passes(guidance=1.0) == (nfe, 2 * nfe)
+  inside = np.sum((levels >= 0.5) & (levels <= 10.0))
+  assert 0 < inside < nfe
+  assert passes(guidance=1.0, guidance_interval=(0.5, 10.0)) == (nfe, nfe + inside)
+
+
 def test_noise_level_of_each_process_is_edm_sigma():
   config = tiny_config("unused")
   schedule_sigma = diffusion.PROCESSES["ddpm"](config, None, (8, 8, 1)).sigma_of

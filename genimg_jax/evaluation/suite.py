@@ -85,8 +85,10 @@ def metric_value(values: dict[str, float], name: str) -> float:
 
 
 def _sampler_settings(config: ml_collections.ConfigDict, method: Method) -> dict:
-  """The config's `sample` section (the method's sampler settings) and the network evaluations per image."""
-  return dict(config.sample.to_dict() if "sample" in config else {}, nfe=method.sample_nfe)
+  """The config's `sample` section (the method's sampler settings), the network evaluations per image, and
+  the network passes per image (two per evaluation under classifier-free guidance)."""
+  return dict(config.sample.to_dict() if "sample" in config else {}, nfe=method.sample_nfe,
+              network_passes=method.sample_network_passes)
 
 
 class Evaluator:

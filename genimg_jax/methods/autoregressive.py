@@ -22,7 +22,7 @@ def default_config() -> ml_collections.ConfigDict:
           "num_layers": 8, "width": 512, "num_heads": 8, "mlp_ratio": 4, "dropout": 0.0,
           "position_embedding": "factorized",  # factorized (row + column + channel) | learned
           "num_classes": 0,  # 0: unconditional; else the start token is a learned vector per class
-          "attention": "auto",  # auto (cuDNN on a GPU with bfloat16, blocked on a CPU, else XLA) | xla | cudnn | blocked
+          "attention": "auto",  # auto (cuDNN on a GPU in bfloat16, blocked on a CPU, else XLA) | xla | cudnn | blocked
           "dtype": "float32",  # compute dtype; parameters stay float32, logits float32
       },
       # A built-in loss name or your own pure function as 'module:function'.

@@ -50,3 +50,26 @@ def guided(network: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], labe
     return jax.lax.cond((sigma >= low) & (sigma <= high), both, conditional, x, noise_label)
 
   return f
+
+
+def network_passes(draw: Callable[[Callable[[jax.Array, jax.Array], jax.Array]], jax.Array], null_label: int,
+                   scale: float, interval: tuple[float, float],
+                   sigma_of: Callable[[jax.Array], jax.Array]) -> int:
+  """Network passes per image of one draw under `guided(..., scale, interval, sigma_of)`: 2 per evaluation
+  inside the interval, 1 elsewhere.
+
+  draw(net) -> samples runs a sampler for one image with net(x, noise_label) as its network. It runs
+  once, compiled, with a stand-in network of zeros that counts the images of each call it receives, so
+  the count is the sampler's own, whatever its noise levels.
+  """
+  images = []
+
+  def stand_in(x, noise_label, labels):
+    num = x.shape[0]
+    jax.debug.callback(lambda: images.append(num))
+    return jnp.zeros_like(x)
+
+  net = guided(stand_in, jnp.zeros((1,), jnp.int32), null_label, scale, interval, sigma_of)
+  jax.block_until_ready(jax.jit(lambda: draw(net))())
+  jax.effects_barrier()
+  return sum(images)
