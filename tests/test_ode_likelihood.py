@@ -153,8 +153,9 @@ def test_flow_and_edm_with_the_exact_trace_give_the_gaussian_log_density():
   flow_calls, edm_calls = [], []
   velocity = _counting(_flow_velocity(mu32, lam, q), flow_calls)
   denoise = _counting(_edm_denoiser(mu32, lam, q), edm_calls)
-  flow, edm = jax.jit(lambda x0: (ol.flow_log_likelihood(velocity, x0, None, trace="exact"),
-                                  ol.edm_log_likelihood(denoise, x0, None, trace="exact")))(jnp.asarray(x0, jnp.float32))
+  both = jax.jit(lambda x0: (ol.flow_log_likelihood(velocity, x0, None, trace="exact"),
+                             ol.edm_log_likelihood(denoise, x0, None, trace="exact")))
+  flow, edm = both(jnp.asarray(x0, jnp.float32))
 
   t = ol.FLOW_T_MIN
   np.testing.assert_allclose(flow, stats.multivariate_normal((1 - t) * mu, (1 - t) ** 2 * cov + t**2).logpdf(x0),

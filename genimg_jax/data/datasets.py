@@ -62,10 +62,12 @@ CATALOG: dict[str, CatalogEntry] = {
         "download img_align_celeba.zip, list_eval_partition.txt, list_landmarks_align_celeba.txt and "
         "list_attr_celeba.txt from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, or " + _ELSEWHERE)),
     "imagenet_resized/32x32": CatalogEntry("imagenet_resized/32x32", ("train", "validation"), (32, 32), 3,
-                                           download_url="http://www.image-net.org/data/downsample/", manual="it downloads from image-net.org, which needs an ImageNet "
+                                           download_url="http://www.image-net.org/data/downsample/",
+                                           manual="it downloads from image-net.org, which needs an ImageNet "
                                            "account: " + _ELSEWHERE),
     "imagenet_resized/64x64": CatalogEntry("imagenet_resized/64x64", ("train", "validation"), (64, 64), 3,
-                                           download_url="http://www.image-net.org/data/downsample/", manual="it downloads from image-net.org, which needs an ImageNet "
+                                           download_url="http://www.image-net.org/data/downsample/",
+                                           manual="it downloads from image-net.org, which needs an ImageNet "
                                            "account: " + _ELSEWHERE),
 }
 USER_KINDS = user_images.KINDS
