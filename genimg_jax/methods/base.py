@@ -1,6 +1,7 @@
 """The method interface and the pieces every family shares: train state, optimizer, EMA."""
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.struct
@@ -53,8 +54,9 @@ class Method:
     (e.g. DDIM-50 for a DDPM); None: `sample`.
   num_classes: > 0 for a class-conditional method (it samples the classes it is given).
   sample_nfe: network evaluations `sample` makes per image (reported with its samples).
-  sample_network_passes: network passes `sample` makes per image, more than sample_nfe where
-    classifier-free guidance evaluates the conditional and the unconditional model; None: sample_nfe.
+  count_network_passes() -> the network passes `sample` makes per image, more than sample_nfe where
+    classifier-free guidance evaluates the conditional and the unconditional model (it may run the
+    sampler, so it is called only when reported: `sample_network_passes`); None: sample_nfe.
   networks: the keys of `params` that are separately parameterised networks (a GAN's
     generator and discriminator); empty when `params` is one network.
   """
@@ -68,12 +70,13 @@ class Method:
   preview_sample: Callable[..., jax.Array] | None = None
   num_classes: int = 0
   sample_nfe: int = 1
-  sample_network_passes: int | None = None
+  count_network_passes: Callable[[], int] | None = None
   networks: tuple[str, ...] = ()
 
-  def __post_init__(self):
-    if self.sample_network_passes is None:
-      object.__setattr__(self, "sample_network_passes", self.sample_nfe)
+  @functools.cached_property
+  def sample_network_passes(self) -> int:
+    """Network passes `sample` makes per image (count_network_passes, counted on first use)."""
+    return self.count_network_passes() if self.count_network_passes else self.sample_nfe
 
 
 def default_labels(num: int, num_classes: int) -> jax.Array:

@@ -367,13 +367,12 @@ def make(config: ml_collections.ConfigDict) -> Method:
 
     return sample
 
-  nfe = process.nfe(s.sampler, s.steps)
-  passes = nfe
-  if num_classes and s.guidance != 0.0:
+  def count_network_passes():
     draw = lambda net: process.draw(s.sampler, net, jax.random.PRNGKey(0), (1,) + image_shape, s)
-    passes = guidance.network_passes(draw, num_classes, s.guidance, tuple(s.guidance_interval), process.sigma_of)
+    return guidance.network_passes(draw, num_classes, s.guidance, tuple(s.guidance_interval), process.sigma_of)
+
   preview = make_sample(s.preview_sampler, s.preview_steps) if s.preview_sampler else None
   return Method(init=init, train_step=loss_train_step(train_loss, tx, learning_rate, config.ema.decay),
                 sample=make_sample(s.sampler, s.steps), eval_step=eval_step, image_shape=image_shape,
-                preview_sample=preview, num_classes=num_classes, sample_nfe=nfe,
-                sample_network_passes=passes)
+                preview_sample=preview, num_classes=num_classes, sample_nfe=process.nfe(s.sampler, s.steps),
+                count_network_passes=count_network_passes if num_classes and s.guidance != 0.0 else None)
