@@ -1,25 +1,27 @@
-"""Choosing a component by name: a built-in name, or `module:attribute` for the user's own."""
+"""Choosing a component by name: the one way every kind of component (method, loss, sampler,
+architecture, process, data set, ...) is added and selected.
+
+A built-in component is registered where it is defined, `@REGISTRY.register("name")`; a config
+selects it by that name, or selects the user's own by the import path `module:attribute`, which
+`resolve` imports. A component that reads config fields of its own (an architecture's widths)
+registers them with their defaults, `@REGISTRY.register("name", fields={...})`, and its method's
+default config takes them from `config_fields()`.
+"""
 
 import importlib
 import os
 import sys
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from genimg_jax.errors import ConfigError
 
 
-def lookup(field: str, name: str, builtins: Mapping[str, Any]) -> Any:
-  """Returns builtins[name], or the attribute named by an import path `module:attr`.
-
-  An import path is resolved like `python -m` would: the current directory first.
-  Raises ConfigError naming `field` when the name is unknown or cannot be imported.
-  """
-  if ":" not in name:
-    if name not in builtins:
-      raise ConfigError(field, f"unknown name {name!r}; built-in: {', '.join(sorted(builtins))}; "
-                        "or give your own as 'module:function'")
-    return builtins[name]
-  module_name, _, attr = name.partition(":")
+def import_attribute(field: str, path: str) -> Any:
+  """The attribute named by `module:attribute`, imported like `python -m` would: the current directory
+  first. Raises ConfigError naming `field` (e.g. "config.loss.name") when it cannot be imported."""
+  module_name, _, attr = path.partition(":")
+  if not module_name or not attr:
+    raise ConfigError(field, f"{path!r} is not an import path 'module:attribute'")
   if os.getcwd() not in sys.path:
     sys.path.insert(0, os.getcwd())
   try:
@@ -32,26 +34,63 @@ def lookup(field: str, name: str, builtins: Mapping[str, Any]) -> Any:
 
 
 class Registry(dict):
-  """Built-in components of one kind by name (samplers, architectures), each added where it is
-  defined by `@REGISTRY.register("name")`. Config checks take the allowed names from it."""
+  """Built-in components of one kind by name; `field` is the config field that selects one (for
+  messages, e.g. "sample.sampler") and `kind` what they are ("flow sampler")."""
 
   def __init__(self, field: str, kind: str):
     super().__init__()
     self.field, self.kind = field, kind
+    self.fields: dict[str, Mapping[str, Any]] = {}
 
-  def register(self, name: str):
-    """Decorator: registers the decorated function under `name` and returns it unchanged."""
+  def register(self, name: str, *, fields: Mapping[str, Any] | None = None) -> Callable[[Any], Any]:
+    """Decorator: registers the decorated component under `name` and returns it unchanged.
+
+    fields: the config fields (name -> default) the component reads besides those its method shares;
+    a field two components both own must have one default.
+    """
     def add(component):
       if name in self:
         raise ValueError(f"{self.kind} {name!r} is registered twice")
+      for key, default in (fields or {}).items():
+        for other, owned in self.fields.items():
+          if key in owned and owned[key] != default:
+            raise ValueError(f"{self.kind} {name!r}: field {key!r} defaults to {default!r}, but {other!r} "
+                             f"owns it with {owned[key]!r}")
       self[name] = component
+      self.fields[name] = dict(fields or {})
       return component
 
     return add
 
-  def get_checked(self, name: str, field: str | None = None) -> Any:
-    """self[name]; ConfigError naming `field` (default: the registry's) and listing the names otherwise."""
+  def resolve(self, name: str, field: str | None = None) -> Any:
+    """The component registered as `name`, or the user's own given as `module:attribute`.
+
+    Raises ConfigError naming config.<field> (default: the registry's) when the name is neither.
+    """
+    field = f"config.{field or self.field}"
+    if ":" in name:
+      return import_attribute(field, name)
     if name not in self:
-      raise ConfigError(f"config.{field or self.field}", f"unknown {self.kind} {name!r}; choose one of "
-                        f"{', '.join(sorted(self))}")
+      raise ConfigError(field, f"unknown {self.kind} {name!r}; built-in: {', '.join(sorted(self))}; "
+                        "or give your own as 'module:attribute'")
     return self[name]
+
+  def config_fields(self) -> dict[str, Any]:
+    """Every registered component's own config fields with their defaults, in registration order."""
+    merged = {}
+    for owned in self.fields.values():
+      merged.update(owned)
+    return merged
+
+  # TRANSITIONAL: removed once every call site uses `resolve`.
+  def get_checked(self, name: str, field: str | None = None) -> Any:
+    return self.resolve(name, field)
+
+
+def lookup(field: str, name: str, builtins: Mapping[str, Any]) -> Any:  # TRANSITIONAL
+  if ":" in name:
+    return import_attribute(field, name)
+  if name not in builtins:
+    raise ConfigError(field, f"unknown name {name!r}; built-in: {', '.join(sorted(builtins))}; "
+                      "or give your own as 'module:attribute'")
+  return builtins[name]
