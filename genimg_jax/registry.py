@@ -81,16 +81,3 @@ class Registry(dict):
     for owned in self.fields.values():
       merged.update(owned)
     return merged
-
-  # TRANSITIONAL: removed once every call site uses `resolve`.
-  def get_checked(self, name: str, field: str | None = None) -> Any:
-    return self.resolve(name, field)
-
-
-def lookup(field: str, name: str, builtins: Mapping[str, Any]) -> Any:  # TRANSITIONAL
-  if ":" in name:
-    return import_attribute(field, name)
-  if name not in builtins:
-    raise ConfigError(field, f"unknown name {name!r}; built-in: {', '.join(sorted(builtins))}; "
-                      "or give your own as 'module:attribute'")
-  return builtins[name]

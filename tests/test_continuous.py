@@ -1,4 +1,4 @@
-"""EDM and flow matching (losses/continuous.py, methods/ode_samplers.py) against closed forms:
+"""EDM and flow matching (diffusion/edm.py, diffusion/flow.py) against closed forms:
 the paper's coefficients in float64 NumPy, Heun on Gaussian data with its exact denoiser, and the
 flow ODE with the exact velocity of a Gaussian mixture."""
 
@@ -8,24 +8,23 @@ import numpy as np
 import pytest
 from scipy import special
 
-from genimg_jax.losses import continuous as cont
-from genimg_jax.methods import ode_samplers
+from genimg_jax.diffusion import edm, flow
 
 
 def test_edm_preconditioning_and_weight_are_table_1_of_the_paper():
   sigma = np.geomspace(0.002, 80.0, 25)
   sd = 0.5
-  c_skip, c_out, c_in, c_noise = (np.asarray(c, np.float64) for c in cont.edm_preconditioning(jnp.asarray(sigma)))
+  c_skip, c_out, c_in, c_noise = (np.asarray(c, np.float64) for c in edm.preconditioning(jnp.asarray(sigma)))
   np.testing.assert_allclose(c_skip, sd**2 / (sigma**2 + sd**2), rtol=1e-6)
   np.testing.assert_allclose(c_out, sigma * sd / np.sqrt(sigma**2 + sd**2), rtol=1e-6)
   np.testing.assert_allclose(c_in, 1 / np.sqrt(sd**2 + sigma**2), rtol=1e-6)
   np.testing.assert_allclose(c_noise, np.log(sigma) / 4, rtol=1e-6, atol=1e-7)
   # The weight makes the effective weight of the network's error one at every sigma (eq. 8).
-  np.testing.assert_allclose(np.asarray(cont.edm_loss_weight(jnp.asarray(sigma))) * c_out**2, 1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(edm.loss_weight(jnp.asarray(sigma))) * c_out**2, 1.0, rtol=1e-5)
 
 
 def test_edm_sigma_steps_are_eq_5():
-  sigmas = cont.edm_sigma_steps(18)
+  sigmas = edm.sigma_steps(18)
   assert sigmas.dtype == np.float64 and sigmas.shape == (19,) and sigmas[-1] == 0.0
   assert sigmas[0] == pytest.approx(80.0) and sigmas[-2] == pytest.approx(0.002) and np.all(np.diff(sigmas) < 0)
   i = 7
@@ -34,10 +33,10 @@ def test_edm_sigma_steps_are_eq_5():
 
 
 def test_training_noise_is_log_normal():
-  sigmas = np.asarray(cont.edm_training_sigmas(jax.random.PRNGKey(0), 20000))
+  sigmas = np.asarray(edm.training_sigmas(jax.random.PRNGKey(0), 20000))
   assert np.mean(np.log(sigmas)) == pytest.approx(-1.2, abs=0.03)
   assert np.std(np.log(sigmas)) == pytest.approx(1.2, rel=0.03)
-  t = np.asarray(cont.flow_training_times(jax.random.PRNGKey(1), 20000, "logit_normal"))
+  t = np.asarray(flow.training_times(jax.random.PRNGKey(1), 20000, "logit_normal"))
   assert np.all((t > 0) & (t < 1)) and np.std(special.logit(t)) == pytest.approx(1.0, rel=0.03)
 
 
@@ -47,7 +46,7 @@ def test_preconditioned_denoiser_returns_x0_for_the_exact_network_target():
   x0, n = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
   sigma = np.array([0.01, 0.5, 3.0, 70.0])
   x = x0 + sigma[:, None] * n
-  c_skip, c_out, c_in, _ = cont.edm_preconditioning(jnp.asarray(sigma))
+  c_skip, c_out, c_in, _ = edm.preconditioning(jnp.asarray(sigma))
   target = (x0 - np.asarray(c_skip)[:, None] * x) / np.asarray(c_out)[:, None]
   seen = {}
 
@@ -55,7 +54,7 @@ def test_preconditioned_denoiser_returns_x0_for_the_exact_network_target():
     seen["input"] = scaled_x
     return jnp.asarray(target, jnp.float32)
 
-  got = cont.edm_denoiser(network)(jnp.asarray(x, jnp.float32), jnp.asarray(sigma, jnp.float32))
+  got = edm.denoiser(network)(jnp.asarray(x, jnp.float32), jnp.asarray(sigma, jnp.float32))
   np.testing.assert_allclose(got, x0, atol=1e-4)
   np.testing.assert_allclose(seen["input"], np.asarray(c_in)[:, None] * x, rtol=1e-5)
 
@@ -72,8 +71,8 @@ def _gaussian_denoiser(s, calls=None):
 
 def test_heun_is_the_float64_recursion_of_algorithm_2():
   """18 steps on the Gaussian's ODE dx/dsigma = x sigma / (s^2 + sigma^2), against NumPy in float64."""
-  s, sigmas, rng = 0.5, cont.edm_sigma_steps(18), jax.random.PRNGKey(3)
-  got = ode_samplers.edm_heun(_gaussian_denoiser(jnp.array([s])), sigmas, rng, (3, 1))
+  s, sigmas, rng = 0.5, edm.sigma_steps(18), jax.random.PRNGKey(3)
+  got = edm.heun(_gaussian_denoiser(jnp.array([s])), sigmas, rng, (3, 1))
   x = sigmas[0] * np.asarray(jax.random.normal(jax.random.fold_in(rng, 0), (3, 1)), np.float64)
   for a, b in zip(sigmas[:-1], sigmas[1:]):
     d = x * a / (s**2 + a**2)
@@ -82,8 +81,8 @@ def test_heun_is_the_float64_recursion_of_algorithm_2():
   np.testing.assert_allclose(np.asarray(got), x, rtol=1e-5)
   calls = []
   with jax.disable_jit():  # The scan runs step by step: count the denoiser calls.
-    ode_samplers.edm_heun(_gaussian_denoiser(jnp.array([s]), calls), cont.edm_sigma_steps(5), rng, (4, 1))
-  assert len(calls) == ode_samplers.edm_heun_nfe(5) == 9
+    edm.heun(_gaussian_denoiser(jnp.array([s]), calls), edm.sigma_steps(5), rng, (4, 1))
+  assert len(calls) == edm.heun_nfe(5) == 9
 
 
 @pytest.mark.parametrize("s_churn,steps", [(0.0, 64), (40.0, 256)])
@@ -91,9 +90,9 @@ def test_heun_on_gaussian_data_reproduces_its_mean_and_variance(s_churn, steps):
   """The ODE (or the churned SDE) carries N(0, s^2 + sigma_max^2) to the data N(0, diag(s^2)). (At 18
   steps, Heun's discretisation leaves the standard deviation 5.5% high for s = 0.5; see the test above.)"""
   s = jnp.array([0.5, 1.5])
-  sigmas = cont.edm_sigma_steps(steps)
-  x = jax.jit(lambda rng: ode_samplers.edm_heun(_gaussian_denoiser(s), sigmas, rng, (40000, 2),
-                                                s_churn=s_churn))(jax.random.PRNGKey(0))
+  sigmas = edm.sigma_steps(steps)
+  x = jax.jit(lambda rng: edm.heun(_gaussian_denoiser(s), sigmas, rng, (40000, 2),
+                                       s_churn=s_churn))(jax.random.PRNGKey(0))
   np.testing.assert_allclose(np.mean(x, axis=0), 0.0, atol=0.03)
   np.testing.assert_allclose(np.std(x, axis=0), [0.5, 1.5], rtol=0.015)
 
@@ -119,12 +118,12 @@ def _mixture_velocity(weights, means, stds):
 def test_flow_ode_with_the_exact_velocity_transports_noise_to_a_gaussian_mixture(method, steps):
   velocity = _mixture_velocity([0.3, 0.7], [-1.0, 1.0], [0.1, 0.2])
   x1 = jax.random.normal(jax.random.PRNGKey(0), (20000, 1))
-  x = np.asarray(jax.jit(lambda x1: ode_samplers.flow_ode(velocity, ode_samplers.flow_times(steps), x1, method))(x1))
+  step = {"euler": flow.euler_step, "heun": flow.heun_step}[method]
+  x = np.asarray(jax.jit(lambda x1: flow.ode(velocity, flow.times(steps), x1, step))(x1))
   left, right = x[x[:, 0] < 0, 0], x[x[:, 0] >= 0, 0]
   assert len(left) / len(x) == pytest.approx(0.3, abs=0.015)
   assert np.mean(left) == pytest.approx(-1.0, abs=0.01) and np.std(left) == pytest.approx(0.1, rel=0.05)
   assert np.mean(right) == pytest.approx(1.0, abs=0.01) and np.std(right) == pytest.approx(0.2, rel=0.05)
-  assert ode_samplers.flow_ode_nfe(steps, method) == steps * (2 if method == "heun" else 1)
 
 
 @pytest.mark.parametrize("noise_scale", [0.5, 2.0])
@@ -133,15 +132,14 @@ def test_flow_sde_with_the_exact_velocity_has_the_ode_marginals(noise_scale):
   with a = 0 it is the Euler ODE step for step."""
   velocity = _mixture_velocity([0.3, 0.7], [-1.0, 1.0], [0.1, 0.2])
   x1, rng = jax.random.normal(jax.random.PRNGKey(0), (20000, 1)), jax.random.PRNGKey(1)
-  sde = jax.jit(lambda x1, a: ode_samplers.flow_sde(velocity, ode_samplers.flow_times(400), x1, rng, a))
+  sde = jax.jit(lambda x1, a: flow.sde(velocity, flow.times(400), x1, rng, a))
   x = np.asarray(sde(x1, noise_scale))
   left, right = x[x[:, 0] < 0, 0], x[x[:, 0] >= 0, 0]
   assert len(left) / len(x) == pytest.approx(0.3, abs=0.015)
   assert np.mean(left) == pytest.approx(-1.0, abs=0.01) and np.std(left) == pytest.approx(0.1, rel=0.06)
   assert np.mean(right) == pytest.approx(1.0, abs=0.01) and np.std(right) == pytest.approx(0.2, rel=0.06)
-  ode = ode_samplers.flow_ode(velocity, ode_samplers.flow_times(400), x1[:64], "euler")
+  ode = flow.ode(velocity, flow.times(400), x1[:64], flow.euler_step)
   np.testing.assert_allclose(sde(x1[:64], 0.0), ode, atol=1e-5)
-  assert ode_samplers.flow_ode_nfe(400, "euler_maruyama") == 400
 
 
 def _batch():
@@ -154,14 +152,14 @@ def test_edm_loss_is_zero_for_the_exact_network_and_weights_the_error_by_lambda(
   batch, rng = _batch(), jax.random.PRNGKey(7)
   x0 = batch["image"]
   sigma_rng, noise_rng, _ = jax.random.split(rng, 3)
-  sigma = cont.edm_training_sigmas(sigma_rng, 6)
+  sigma = edm.training_sigmas(sigma_rng, 6)
   n = jax.random.normal(noise_rng, x0.shape)
-  exact = lambda p, x_in, c_noise, r, labels: (x0 - cont.edm_preconditioning(sigma)[0][:, None, None, None] * (
-      x0 + sigma[:, None, None, None] * n)) / cont.edm_preconditioning(sigma)[1][:, None, None, None]
-  loss, _ = cont.edm_loss(None, batch, rng, ctx=cont.ContinuousContext(exact))
+  exact = lambda p, x_in, c_noise, r, labels: (x0 - edm.preconditioning(sigma)[0][:, None, None, None] * (
+      x0 + sigma[:, None, None, None] * n)) / edm.preconditioning(sigma)[1][:, None, None, None]
+  loss, _ = edm.edm_loss(None, batch, rng, ctx=edm.EDMContext(exact))
   assert float(loss) == pytest.approx(0.0, abs=1e-9)
   zero = lambda p, x_in, c_noise, r, labels: jnp.zeros_like(x_in)
-  loss, _ = cont.edm_loss(None, batch, rng, ctx=cont.ContinuousContext(zero))
+  loss, _ = edm.edm_loss(None, batch, rng, ctx=edm.EDMContext(zero))
   s64, n64, x64 = (np.asarray(a, np.float64) for a in (sigma, n, x0))
   c_skip = 0.25 / (s64**2 + 0.25)
   err = (c_skip[:, None, None, None] - 1) * x64 + (c_skip * s64)[:, None, None, None] * n64
@@ -175,9 +173,9 @@ def test_flow_loss_is_zero_for_the_true_velocity_and_has_the_finite_difference_g
   t_rng, noise_rng, _ = jax.random.split(rng, 3)
   eps = jax.random.normal(noise_rng, x0.shape)
   true = lambda p, x_t, t, r, labels: eps - x0
-  assert float(cont.flow_loss(None, batch, rng, ctx=cont.ContinuousContext(true))[0]) == pytest.approx(0, abs=1e-12)
-  linear = cont.ContinuousContext(lambda p, x_t, t, r, labels: p["w"] * x_t + p["b"] * t[:, None, None, None])
-  f = lambda w, b: cont.flow_loss({"w": w, "b": b}, batch, rng, ctx=linear)[0]
+  assert float(flow.flow_loss(None, batch, rng, ctx=flow.FlowContext(true))[0]) == pytest.approx(0, abs=1e-12)
+  linear = flow.FlowContext(lambda p, x_t, t, r, labels: p["w"] * x_t + p["b"] * t[:, None, None, None])
+  f = lambda w, b: flow.flow_loss({"w": w, "b": b}, batch, rng, ctx=linear)[0]
   grad = jax.grad(f, argnums=(0, 1))(jnp.float32(0.3), jnp.float32(-0.2))
   h = 1e-3
   for i, g in enumerate(grad):
@@ -190,12 +188,10 @@ def test_flow_loss_is_zero_for_the_true_velocity_and_has_the_finite_difference_g
 
 def test_sampler_arguments_out_of_range_are_refused():
   with pytest.raises(ValueError, match="at least one step"):
-    cont.edm_sigma_steps(0)
+    edm.sigma_steps(0)
   with pytest.raises(ValueError, match="decrease to a final 0"):
-    ode_samplers.edm_heun(lambda x, s: x, np.array([1.0, 2.0, 0.0]), jax.random.PRNGKey(0), (1, 1))
+    edm.heun(lambda x, s: x, np.array([1.0, 2.0, 0.0]), jax.random.PRNGKey(0), (1, 1))
   with pytest.raises(ValueError, match="at least one step"):
-    ode_samplers.flow_times(0)
-  with pytest.raises(ValueError, match="unknown flow ODE method 'rk4'"):
-    ode_samplers.flow_ode(lambda x, t: x, ode_samplers.flow_times(2), jnp.zeros((1, 1)), "rk4")
+    flow.times(0)
   with pytest.raises(ValueError, match="unknown flow time schedule"):
-    cont.flow_training_times(jax.random.PRNGKey(0), 2, "cosine")
+    flow.training_times(jax.random.PRNGKey(0), 2, "cosine")

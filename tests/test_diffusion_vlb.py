@@ -9,8 +9,7 @@ import pytest
 import scipy.integrate
 import scipy.stats
 
-from genimg_jax.losses import diffusion as dl
-from genimg_jax.losses import noise
+from genimg_jax.diffusion import ddpm, likelihood
 from genimg_jax.losses import gaussian, likelihoods
 
 
@@ -28,7 +27,7 @@ def test_discretized_likelihood_sums_to_one_and_matches_scipy(mean, scale):
   x = np.arange(256) / 127.5 - 1.0
   edges = np.concatenate([[-np.inf], (x[:-1] + x[1:]) / 2, [np.inf]])
   expected = np.diff(scipy.stats.norm.cdf(edges, mean, scale))
-  got = np.exp(np.asarray(dl.discretized_gaussian_log_likelihood(
+  got = np.exp(np.asarray(likelihood.discretized_gaussian_log_likelihood(
       jnp.asarray(x, jnp.float32), jnp.float32(mean), jnp.log(jnp.float32(scale)))))
   assert got.sum() == pytest.approx(1.0, abs=2e-5)
   significant = expected > 1e-6
@@ -36,12 +35,13 @@ def test_discretized_likelihood_sums_to_one_and_matches_scipy(mean, scale):
 
 
 def test_prior_kl_equals_the_closed_form():
-  schedule = noise.Schedule.from_betas(noise.beta_schedule("linear", 50, 1e-3, 0.1))
+  schedule = ddpm.Schedule.from_betas(ddpm.beta_schedule("linear", 50, 1e-3, 0.1))
   x0 = np.random.default_rng(0).uniform(-1, 1, (3, 2, 2, 1))
-  abar = np.prod(1 - noise.beta_schedule("linear", 50, 1e-3, 0.1))
+  abar = np.prod(1 - ddpm.beta_schedule("linear", 50, 1e-3, 0.1))
   mean_sq, var = abar * x0 ** 2, 1 - abar
   expected = 0.5 * np.sum(mean_sq + var - 1 - np.log(var), axis=(1, 2, 3))
-  np.testing.assert_allclose(np.asarray(dl.prior_kl(schedule, jnp.asarray(x0, jnp.float32))), expected, rtol=1e-4)
+  got = likelihood.prior_kl(schedule, jnp.asarray(x0, jnp.float32))
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4)
 
 
 def _grid_images(rng, shape):
@@ -52,12 +52,12 @@ def test_bound_of_the_exact_denoiser_of_one_image_is_prior_plus_decoder():
   """Data = one image: the ideal x0-prediction is that image, every KL term is 0, and the decoder
   term is the Gaussian N(x0, beta-tilde_1) mass of each pixel's bin."""
   T = 40
-  betas = noise.beta_schedule("linear", T, 1e-4, 0.05)
-  schedule = noise.Schedule.from_betas(betas)
+  betas = ddpm.beta_schedule("linear", T, 1e-4, 0.05)
+  schedule = ddpm.Schedule.from_betas(betas)
   image = _grid_images(np.random.default_rng(1), (1, 4, 4, 1))
   image[0, 0, 0, 0], image[0, 0, 1, 0] = -1.0, 1.0  # Both edge bins appear.
-  ctx = dl.DenoiserContext(lambda params, x_t, t, rng, labels: jnp.broadcast_to(image, x_t.shape), schedule, "x0")
-  bound = dl.variational_bound(ctx, None, jnp.asarray(image), jax.random.PRNGKey(0))
+  x0_estimate = lambda x_t, t: jnp.broadcast_to(image, x_t.shape)
+  bound = likelihood.variational_bound(x0_estimate, schedule, jnp.asarray(image), jax.random.PRNGKey(0))
   abar = np.cumprod(1 - betas)
   sigma = math.sqrt(betas[1] * (1 - abar[0]) / (1 - abar[1]))
   x = image.astype(np.float64).ravel()
@@ -95,15 +95,15 @@ def _numpy_vlb_term(betas, x0, t, noise, eps_fn, variance):
 @pytest.mark.parametrize("t", [0, 1, 7, 29])
 def test_vlb_terms_equal_a_float64_numpy_reference(variance, t):
   T = 30
-  betas = noise.beta_schedule("linear", T, 1e-3, 0.1)
-  schedule = noise.Schedule.from_betas(betas)
+  betas = ddpm.beta_schedule("linear", T, 1e-3, 0.1)
+  schedule = ddpm.Schedule.from_betas(betas)
   rng = np.random.default_rng(2)
   x0, eps = _grid_images(rng, (2, 3, 3, 2)), rng.normal(size=(2, 3, 3, 2)).astype(np.float32)
   eps_fn = lambda x_t, t: 0.8 * x_t + 0.01 * t  # A deliberately imperfect denoiser.
-  ctx = dl.DenoiserContext(lambda params, x_t, tt, r, labels: 0.8 * x_t + 0.01 * tt[:, None, None, None], schedule,
-                           "eps")
-  got = dl.vlb_term(ctx, None, jnp.asarray(x0), jnp.full((2,), t, jnp.int32), jnp.asarray(eps),
-                    jax.random.PRNGKey(0), variance=variance, clip_x0=False)
+  eps_record = schedule.parameterizations["eps"]
+  x0_estimate = lambda x_t, tt: eps_record.x0_eps(0.8 * x_t + 0.01 * tt[:, None, None, None], x_t, tt)[0]
+  got = likelihood.vlb_term(x0_estimate, schedule, jnp.asarray(x0), jnp.full((2,), t, jnp.int32), jnp.asarray(eps),
+                            variance=variance, clip_x0=False)
   expected = _numpy_vlb_term(betas, x0.astype(np.float64), t, eps.astype(np.float64), eps_fn, variance)
   assert np.all(expected > 0)
   np.testing.assert_allclose(np.asarray(got), expected, rtol=2e-3)

@@ -1,5 +1,5 @@
 """Class conditioning of the diffusion processes: label dropout and classifier-free guidance
-(methods/guidance.py), alone and through the method's samplers and train step."""
+(diffusion/guidance.py), alone and through the method's samplers and train step."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,9 @@ from helpers import tiny_config
 
 from genimg_jax import methods
 from genimg_jax.errors import ConfigError
-from genimg_jax.methods import diffusion, guidance
+from genimg_jax.diffusion import guidance
+from genimg_jax.diffusion.flow import TIME_SCALE as FLOW_TIME_SCALE
+from genimg_jax.diffusion.process import PROCESSES
 
 NULL = 3
 
@@ -136,13 +138,13 @@ def test_network_passes_count_two_per_guided_evaluation(data_dir, process, sampl
 
 def test_noise_level_of_each_process_is_edm_sigma():
   config = tiny_config("unused")
-  schedule_sigma = diffusion.PROCESSES["ddpm"](config, None, (8, 8, 1)).sigma_of
+  schedule_sigma = PROCESSES["ddpm"](config, None, (8, 8, 1)).sigma_of
   abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 100, dtype=np.float64))
   np.testing.assert_allclose(float(schedule_sigma(jnp.int32(40))), np.sqrt((1 - abar[40]) / abar[40]), rtol=1e-5)
-  edm = diffusion.PROCESSES["edm"](config, None, (8, 8, 1)).sigma_of
+  edm = PROCESSES["edm"](config, None, (8, 8, 1)).sigma_of
   assert float(edm(jnp.log(jnp.float32(2.5)) / 4)) == pytest.approx(2.5, rel=1e-6)
-  flow = diffusion.PROCESSES["flow"](config, None, (8, 8, 1)).sigma_of
-  assert float(flow(jnp.float32(diffusion.FLOW_TIME_SCALE * 0.8))) == pytest.approx(4.0, rel=1e-5)
+  flow = PROCESSES["flow"](config, None, (8, 8, 1)).sigma_of
+  assert float(flow(jnp.float32(FLOW_TIME_SCALE * 0.8))) == pytest.approx(4.0, rel=1e-5)
 
 
 def test_dropped_labels_reach_the_loss_as_the_null_label(data_dir):

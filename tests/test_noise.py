@@ -1,4 +1,4 @@
-"""The noise process (losses/noise.py): parameterisation records against their closed forms, and the
+"""The DDPM process (diffusion/ddpm.py): parameterisation records against their closed forms, and the
 DDPM sampler against a float64 NumPy reference of ancestral sampling."""
 
 import jax
@@ -6,10 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genimg_jax.losses import noise
-from genimg_jax.methods import diffusion_samplers as samplers
+from genimg_jax.diffusion import ddpm
 
-BETAS = noise.beta_schedule("linear", 20, 1e-3, 0.1)
+BETAS = ddpm.beta_schedule("linear", 20, 1e-3, 0.1)
 ABAR = np.cumprod(1.0 - BETAS)
 A, S = np.sqrt(ABAR), np.sqrt(1.0 - ABAR)
 # prediction: (target (x0, eps) coefficients, x0 from (x_t, out), eps from (x_t, out)), float64.
@@ -20,9 +19,9 @@ CLOSED_FORMS = {
 }
 
 
-@pytest.mark.parametrize("prediction", noise.PREDICTIONS)
+@pytest.mark.parametrize("prediction", ddpm.PREDICTIONS)
 def test_parameterization_coefficients_are_the_closed_forms_cast_once(prediction):
-  record = noise.Schedule.from_betas(BETAS).parameterizations[prediction]
+  record = ddpm.Schedule.from_betas(BETAS).parameterizations[prediction]
   (tx0, teps), (x0_xt, x0_out), (eps_xt, eps_out) = CLOSED_FORMS[prediction]
   for got, want in [(record.target_x0, tx0), (record.target_eps, teps), (record.x0_xt, x0_xt),
                     (record.x0_out, x0_out), (record.eps_xt, eps_xt), (record.eps_out, eps_out)]:
@@ -31,7 +30,7 @@ def test_parameterization_coefficients_are_the_closed_forms_cast_once(prediction
 
 
 def test_schedule_and_posterior_against_float64():
-  schedule = noise.Schedule.from_betas(BETAS)
+  schedule = ddpm.Schedule.from_betas(BETAS)
   np.testing.assert_allclose(schedule.signal, A, rtol=1e-7)
   np.testing.assert_allclose(schedule.noise, S, rtol=1e-7)
   rng = np.random.default_rng(0)
@@ -40,13 +39,13 @@ def test_schedule_and_posterior_against_float64():
   abar_prev = np.concatenate([[1.0], ABAR[:-1]])
   want = (BETAS * np.sqrt(abar_prev) / (1 - ABAR))[:, None] * x0 + (
       (1 - abar_prev) * np.sqrt(1 - BETAS) / (1 - ABAR))[:, None] * x_t
-  got = noise.posterior_mean(schedule, jnp.asarray(x0, jnp.float32), jnp.asarray(x_t, jnp.float32), jnp.asarray(t))
+  got = schedule.posterior_mean(jnp.asarray(x0, jnp.float32), jnp.asarray(x_t, jnp.float32), jnp.asarray(t))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("variance", noise.REVERSE_VARIANCES)
+@pytest.mark.parametrize("variance", ddpm.REVERSE_VARIANCES)
 def test_ddpm_sampler_equals_a_float64_numpy_reference(variance):
-  schedule = noise.Schedule.from_betas(BETAS)
+  schedule = ddpm.Schedule.from_betas(BETAS)
   shape, rng = (3, 4, 4, 1), jax.random.PRNGKey(4)
   x0_of = lambda x, t: np.tanh(1.3 * x + 0.01 * t)  # A fixed smooth denoiser; eps follows from it.
 
@@ -54,8 +53,8 @@ def test_ddpm_sampler_equals_a_float64_numpy_reference(variance):
     x0 = jnp.tanh(1.3 * x + 0.01 * t[:, None, None, None])
     return schedule.parameterizations["x0"].x0_eps(x0, x, t)
 
-  got = samplers.ddpm(predict, schedule, rng, shape, variance=variance, clip_x0=True)
-  x = np.asarray(samplers.initial_noise(rng, schedule, shape), np.float64)
+  got = ddpm.ddpm(predict, schedule, rng, shape, variance=variance, clip_x0=True)
+  x = np.asarray(ddpm.initial_noise(rng, schedule, shape), np.float64)
   abar_prev = np.concatenate([[1.0], ABAR[:-1]])
   posterior_var = BETAS * (1 - abar_prev) / (1 - ABAR)
   for t in range(19, -1, -1):

@@ -1,4 +1,4 @@
-"""Probability-flow ODE likelihoods (losses/ode_likelihood.py) against closed forms in float64:
+"""Probability-flow ODE likelihoods (diffusion/likelihood.py) against closed forms in float64:
 traces of linear drifts, the flow and EDM ODEs of Gaussian data N(mu, Sigma) with their exact
 velocity and denoiser, and the bits/dim of dequantized 8-bit images."""
 
@@ -12,7 +12,7 @@ import pytest
 from scipy import linalg, stats
 
 from genimg_jax.images import uint8_to_float
-from genimg_jax.losses import ode_likelihood as ol
+from genimg_jax.diffusion import edm, flow, likelihood
 
 DIMS = 6
 
@@ -76,17 +76,17 @@ def test_exact_divergence_is_the_trace_and_hutchinson_is_unbiased_with_the_known
   drift = lambda x, t: t[:, None, None] * (x.reshape(x.shape[0], -1) @ jnp.asarray(a.T, jnp.float32)).reshape(x.shape)
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 2, 3))
   t = jnp.array([0.5, 1.0, 2.0, -1.0])
-  f, div = jax.jit(lambda x, t: ol.exact_divergence(drift, x, t))(x, t)
+  f, div = jax.jit(lambda x, t: likelihood.exact_divergence(drift, x, t))(x, t)
   chex.assert_shape(div, (4,))
   np.testing.assert_allclose(f, drift(x, t), rtol=1e-6)
   np.testing.assert_allclose(div, np.asarray(t) * np.trace(a), rtol=1e-5)
 
   n, s = 40000, (a + a.T) / 2
   variance = {"rademacher": 2 * (np.sum(s**2) - np.sum(np.diag(s) ** 2)), "gaussian": 2 * np.sum(s**2)}
-  for kind in ol.PROBES:
-    probes = ol.hutchinson_probes(jax.random.PRNGKey(2), (n, 2, 3), kind)
+  for kind in likelihood.PROBES:
+    probes = likelihood.hutchinson_probes(jax.random.PRNGKey(2), (n, 2, 3), kind)
     ones = jnp.ones((n,))
-    _, est = ol.hutchinson_divergence(drift, jnp.zeros((n, 2, 3)), ones, probes)
+    _, est = likelihood.hutchinson_divergence(drift, jnp.zeros((n, 2, 3)), ones, probes)
     p = np.asarray(probes, np.float64).reshape(n, -1)
     np.testing.assert_allclose(est, np.einsum("bi,ij,bj->b", p, a, p), rtol=1e-4, atol=1e-4)
     est = np.asarray(est, np.float64)
@@ -107,30 +107,31 @@ def test_linear_drift_under_jit_with_a_closure_over_params():
   @jax.jit
   def log_p(a, x0):
     drift = lambda x, t: x @ a.T
-    return [ol.ode_log_likelihood(drift, ol.normal_log_prob, x0, rng, 0.0, 1.0, trace=trace) for trace in ol.TRACES]
+    return [likelihood.ode_log_likelihood(drift, likelihood.normal_log_prob, x0, rng, 0.0, 1.0, trace=trace)
+            for trace in likelihood.TRACES]
 
   exact, hutchinson = log_p(jnp.asarray(a, jnp.float32), jnp.asarray(x0, jnp.float32))
   chex.assert_shape(exact, (5,))
   chex.assert_type(exact, jnp.float32)
   prior = stats.multivariate_normal(np.zeros(DIMS)).logpdf(x0 @ linalg.expm(a).T)
   np.testing.assert_allclose(exact, prior + np.trace(a), rtol=1e-4)
-  eps = np.asarray(ol.hutchinson_probes(rng, (5, DIMS)), np.float64)
+  eps = np.asarray(likelihood.hutchinson_probes(rng, (5, DIMS)), np.float64)
   np.testing.assert_allclose(hutchinson, prior + np.einsum("bi,ij,bj->b", eps, a, eps), rtol=1e-4)
 
 
 def _flow(mu, cov, **kwargs):
   lam, q = _in_eigenbasis(cov)
-  return lambda x0, rng: ol.flow_log_likelihood(_flow_velocity(jnp.asarray(mu, jnp.float32), lam, q), x0, rng,
+  return lambda x0, rng: flow.log_likelihood(_flow_velocity(jnp.asarray(mu, jnp.float32), lam, q), x0, rng,
                                                 **kwargs)
 
 
 def _edm(mu, cov, **kwargs):
   lam, q = _in_eigenbasis(cov)
-  return lambda x0, rng: ol.edm_log_likelihood(_edm_denoiser(jnp.asarray(mu, jnp.float32), lam, q), x0, rng,
+  return lambda x0, rng: edm.log_likelihood(_edm_denoiser(jnp.asarray(mu, jnp.float32), lam, q), x0, rng,
                                                **kwargs)
 
 
-def _edm_expected(mu, cov, x0, sigma_min=ol.continuous.SIGMA_MIN, sigma_max=ol.continuous.SIGMA_MAX):
+def _edm_expected(mu, cov, x0, sigma_min=edm.SIGMA_MIN, sigma_max=edm.SIGMA_MAX):
   """What edm_log_likelihood computes, in closed form: the ODE carries x0 to
   x_T = mu + (Sigma + sigma_max^2)^(1/2) (Sigma + sigma_min^2)^(-1/2) (x0 - mu), and
   log p_{sigma_min}(x0) = log N(x_T; mu, Sigma + sigma_max^2) + integral; the prior replaces the first term."""
@@ -153,18 +154,18 @@ def test_flow_and_edm_with_the_exact_trace_give_the_gaussian_log_density():
   flow_calls, edm_calls = [], []
   velocity = _counting(_flow_velocity(mu32, lam, q), flow_calls)
   denoise = _counting(_edm_denoiser(mu32, lam, q), edm_calls)
-  both = jax.jit(lambda x0: (ol.flow_log_likelihood(velocity, x0, None, trace="exact"),
-                             ol.edm_log_likelihood(denoise, x0, None, trace="exact")))
-  flow, edm = both(jnp.asarray(x0, jnp.float32))
+  both = jax.jit(lambda x0: (flow.log_likelihood(velocity, x0, None, trace="exact"),
+                             edm.log_likelihood(denoise, x0, None, trace="exact")))
+  flow_log_p, edm_log_p = both(jnp.asarray(x0, jnp.float32))
 
-  t = ol.FLOW_T_MIN
-  np.testing.assert_allclose(flow, stats.multivariate_normal((1 - t) * mu, (1 - t) ** 2 * cov + t**2).logpdf(x0),
+  t = flow.T_MIN
+  np.testing.assert_allclose(flow_log_p, stats.multivariate_normal((1 - t) * mu, (1 - t) ** 2 * cov + t**2).logpdf(x0),
                              rtol=1e-3)
-  np.testing.assert_allclose(flow, log_p_data, rtol=1e-3)
+  np.testing.assert_allclose(flow_log_p, log_p_data, rtol=1e-3)
   expected, prior_error = _edm_expected(mu, cov, x0)
-  np.testing.assert_allclose(edm, expected, rtol=1e-3)
+  np.testing.assert_allclose(edm_log_p, expected, rtol=1e-3)
   assert np.max(np.abs(prior_error)) < 0.02
-  np.testing.assert_allclose(edm, log_p_data, atol=0.03)
+  np.testing.assert_allclose(edm_log_p, log_p_data, atol=0.03)
   for calls, most in ((flow_calls, 60), (edm_calls, 130)):
     assert len(calls) % 6 == 2 and len(calls) < most, len(calls)
 
@@ -186,11 +187,11 @@ def test_hutchinson_averages_to_the_gaussian_log_density(process):
 def test_bad_arguments_are_refused():
   x0, rng = jnp.zeros((2, 3)), jax.random.PRNGKey(0)
   with pytest.raises(ValueError, match="unknown trace 'diag'"):
-    ol.ode_log_likelihood(lambda x, t: x, ol.normal_log_prob, x0, rng, 0.0, 1.0, trace="diag")
+    likelihood.ode_log_likelihood(lambda x, t: x, likelihood.normal_log_prob, x0, rng, 0.0, 1.0, trace="diag")
   with pytest.raises(ValueError, match="unknown Hutchinson probe 'uniform'"):
-    ol.flow_log_likelihood(lambda x, t: x, x0, rng, probe="uniform")
+    flow.log_likelihood(lambda x, t: x, x0, rng, probe="uniform")
   with pytest.raises(ValueError, match="runs forward"):
-    ol.ode_log_likelihood(lambda x, t: x, ol.normal_log_prob, x0, rng, 1.0, 0.0)
+    likelihood.ode_log_likelihood(lambda x, t: x, likelihood.normal_log_prob, x0, rng, 1.0, 0.0)
 
 
 # ---- Dequantization and bits/dim. -------------------------------------------------------------
@@ -198,7 +199,7 @@ def test_bad_arguments_are_refused():
 
 def test_dequantize_spreads_each_pixel_value_uniformly_over_its_bin():
   k = np.tile(np.arange(256, dtype=np.uint8), 200).reshape(100, 512)
-  y = np.asarray(ol.dequantize(jnp.asarray(uint8_to_float(k)), jax.random.PRNGKey(7)), np.float64)
+  y = np.asarray(likelihood.dequantize(jnp.asarray(uint8_to_float(k)), jax.random.PRNGKey(7)), np.float64)
   u = (y + 1) * 128 - k  # y = 2 (k + u) / 256 - 1
   assert y.dtype == np.float64 and np.all((y >= -1) & (y < 1))
   assert np.all((u >= -1e-4) & (u < 1 + 1e-4))
@@ -209,13 +210,14 @@ def test_bits_per_dim_of_dequantized_densities():
   """The uniform density on [-1, 1]^D (2^-D) is 8 bits/dim; a density constant on each bin, P(k) / (2/256),
   makes the bound exact: -sum_d log2 P(k_d) / D."""
   dims = 12
-  assert float(ol.bits_per_dim_dequantized(jnp.float32(-dims * math.log(2)), dims)) == pytest.approx(8.0, rel=1e-6)
+  bpd = likelihood.bits_per_dim_dequantized(jnp.float32(-dims * math.log(2)), dims)
+  assert float(bpd) == pytest.approx(8.0, rel=1e-6)
   probs = np.random.default_rng(8).dirichlet(np.ones(256))
   k = np.random.default_rng(9).integers(0, 256, size=(3, dims))
-  y = ol.dequantize(jnp.asarray(uint8_to_float(k.astype(np.uint8))), jax.random.PRNGKey(10))
+  y = likelihood.dequantize(jnp.asarray(uint8_to_float(k.astype(np.uint8))), jax.random.PRNGKey(10))
   bins = np.floor((np.asarray(y, np.float64) + 1) * 128).astype(int)
   log_p = np.sum(np.log(probs[bins] * 128), axis=-1)
-  got = ol.bits_per_dim_dequantized(jnp.asarray(log_p, jnp.float32), dims)
+  got = likelihood.bits_per_dim_dequantized(jnp.asarray(log_p, jnp.float32), dims)
   np.testing.assert_allclose(got, -np.sum(np.log2(probs[k]), axis=-1) / dims, rtol=1e-5)
 
 
@@ -239,7 +241,7 @@ def test_the_methods_held_out_ode_bpd_at_init_is_its_closed_form(data_dir, proce
   k = np.random.default_rng(0).integers(0, 256, size=(3, 8, 8, 1))
   batch, rng = {"image": uint8_to_float(k), "label": jnp.zeros(3, jnp.int32)}, jax.random.PRNGKey(4)
   bpd = float(jax.jit(method.eval_step)(params, batch, rng)["ode_bpd"])
-  x = np.asarray(ol.dequantize(batch["image"], jax.random.split(jax.random.split(rng)[1])[0]), np.float64)
+  x = np.asarray(likelihood.dequantize(batch["image"], jax.random.split(jax.random.split(rng)[1])[0]), np.float64)
   x = x.reshape(3, -1)
   if process == "flow":
     log_p = stats.norm.logpdf(x).sum(axis=1)

@@ -263,7 +263,7 @@ MALFORMED = [
     (["--config.train.sample_every=-1"], "config.train.sample_every: must be >= 0"),
     (["--config.train.max_consecutive_nonfinite=0"], "config.train.max_consecutive_nonfinite: must be > 0"),
     (["--config.seed=-3"], "config.seed: must be an integer >= 0"),
-    (["--config.data.name=no_such_data"], "config.data.name: unknown name 'no_such_data'"),
+    (["--config.data.name=no_such_data"], "config.data.name: unknown data set 'no_such_data'; built-in: celeb_a"),
     (["--config.data.image_size=10"], "config.data.image_size: 10 is not divisible by the UNet's downsampling"),
     (["--config.data.image_size=32"], "config.data.image_size: digits comes in sizes (8, 16), not 32"),
     (["--config.data.channels=0"], "config.data.channels: must be 1 or 3"),
@@ -287,10 +287,11 @@ MALFORMED = [
     (["--config.optimizer.learning_rate=-1"], "config.optimizer.learning_rate: must be > 0"),
     (["--config.optimizer.b1=1.5"], "config.optimizer.b1: b1 and b2 must be in [0, 1)"),
     (["--config.ema.decay=1.5"], "config.ema.decay: must be in [0, 1)"),
-    (["--config.sample.sampler=euler"], "config.sample.sampler: unknown diffusion sampler 'euler'; choose one of"),
+    (["--config.sample.sampler=euler"],
+     "config.sample.sampler: unknown DDPM sampler 'euler'; built-in: ddim, ddpm; or give"),
     (["--config.sample.eta=-1"], "config.sample.eta: must be >= 0"),
     (["--config.loss.name=no_such_module:fn"], "config.loss.name: cannot import module 'no_such_module'"),
-    (["--config.method=gann"], "config.method: unknown name 'gann'"),
+    (["--config.method=gann"], "config.method: unknown method 'gann'; built-in: autoregressive, diffusion, gan, vae"),
     (["--config.train.steps"], "config.train.steps: missing value"),
 ]
 

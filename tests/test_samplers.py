@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from genimg_jax import methods
-from genimg_jax.losses import noise
-from genimg_jax.methods import diffusion_samplers as samplers
+from genimg_jax.diffusion import ddpm
 from helpers import tiny_config
 
 
@@ -30,38 +29,38 @@ def test_ddim_eta1_all_steps_is_ddpm_with_posterior_variance(name, clip_x0):
   rng = jax.random.PRNGKey(3)
   for dtype, atol in ((jnp.float64, 1e-9), (jnp.float32, 1e-3)):
     with jax.enable_x64(dtype == jnp.float64):
-      schedule = noise.Schedule.from_betas(noise.beta_schedule(name, 1000), dtype=dtype)
+      schedule = ddpm.Schedule.from_betas(ddpm.beta_schedule(name, 1000), dtype=dtype)
       predict = _toy_predictor(schedule)
-      ddpm = samplers.ddpm(predict, schedule, rng, shape, variance="beta_tilde", clip_x0=clip_x0)
-      ddim = samplers.ddim(predict, schedule, rng, shape, num_steps=1000, eta=1.0, clip_x0=clip_x0)
-      assert ddpm.dtype == dtype and float(jnp.abs(ddpm).max()) > 0.1
-      np.testing.assert_allclose(ddim, ddpm, atol=atol, rtol=0)
+      ancestral = ddpm.ddpm(predict, schedule, rng, shape, variance="beta_tilde", clip_x0=clip_x0)
+      implicit = ddpm.ddim(predict, schedule, rng, shape, num_steps=1000, eta=1.0, clip_x0=clip_x0)
+      assert ancestral.dtype == dtype and float(jnp.abs(ancestral).max()) > 0.1
+      np.testing.assert_allclose(implicit, ancestral, atol=atol, rtol=0)
   # Not trivially equal: eta = 0 and DDPM's beta variance both give other samples.
-  assert not np.allclose(samplers.ddim(predict, schedule, rng, shape, num_steps=1000, eta=0.0,
-                                       clip_x0=clip_x0), ddpm, atol=1e-2)
-  assert not np.allclose(samplers.ddpm(predict, schedule, rng, shape, variance="beta",
-                                       clip_x0=clip_x0), ddpm, atol=1e-2)
+  assert not np.allclose(ddpm.ddim(predict, schedule, rng, shape, num_steps=1000, eta=0.0,
+                                    clip_x0=clip_x0), ancestral, atol=1e-2)
+  assert not np.allclose(ddpm.ddpm(predict, schedule, rng, shape, variance="beta",
+                                    clip_x0=clip_x0), ancestral, atol=1e-2)
 
 
 def test_ddim_eta0_with_perfect_denoiser_recovers_the_image():
   """A denoiser that knows x0 gives x0 back from pure noise in a few deterministic steps."""
-  schedule = noise.Schedule.from_betas(noise.beta_schedule("linear", 1000))
+  schedule = ddpm.Schedule.from_betas(ddpm.beta_schedule("linear", 1000))
   target = jnp.linspace(-0.9, 0.9, 2 * 4 * 4).reshape(2, 4, 4, 1)
 
   def predict(x, t):
     abar = schedule.alphas_cumprod[t][:, None, None, None]
     return target, (x - jnp.sqrt(abar) * target) / jnp.sqrt(1 - abar)
 
-  out = samplers.ddim(predict, schedule, jax.random.PRNGKey(0), target.shape, num_steps=10, eta=0.0)
+  out = ddpm.ddim(predict, schedule, jax.random.PRNGKey(0), target.shape, num_steps=10, eta=0.0)
   np.testing.assert_allclose(out, target, atol=1e-5)
 
 
 def test_ddim_timesteps():
-  np.testing.assert_array_equal(samplers.ddim_timesteps(10, 10), np.arange(10))
-  ts = samplers.ddim_timesteps(1000, 50)
+  np.testing.assert_array_equal(ddpm.ddim_timesteps(10, 10), np.arange(10))
+  ts = ddpm.ddim_timesteps(1000, 50)
   assert len(ts) == 50 and ts[0] == 0 and ts[-1] == 999 and np.all(np.diff(ts) > 0)
   with pytest.raises(ValueError, match="DDIM steps"):
-    samplers.ddim_timesteps(10, 11)
+    ddpm.ddim_timesteps(10, 11)
 
 
 def test_method_sample_ddim_eta1_equals_ddpm(data_dir):
@@ -116,51 +115,3 @@ def test_image_i_is_drawn_with_fold_in_key_i_whatever_the_batch(data_dir, family
   if classes:  # Another class gives another image from the same noise.
     other = functions.sampler(method, mesh, 4, (0,))(params, key, 0)
     assert np.abs(other - whole).max() > 1e-3
-
-
-def test_a_registered_sampler_is_selectable_by_name_and_the_names_are_listed(data_dir, monkeypatch):
-  from genimg_jax.errors import ConfigError
-
-  def last_x0(predict, schedule, rng, shape, options):
-    """One denoiser call at the last timestep: x0_hat of x_T."""
-    x = samplers.initial_noise(rng, schedule, shape)
-    return predict(x, jnp.full((shape[0],), schedule.num_timesteps - 1, jnp.int32))[0]
-
-  # What `@samplers.SAMPLERS.register("last_x0")` on the function does, undone after the test.
-  monkeypatch.setitem(samplers.SAMPLERS, "last_x0", last_x0)
-  config = tiny_config(data_dir)
-  config.unlock()
-  config.sample.sampler = "last_x0"
-  method = methods.make(config)
-  params = jax.jit(method.init)(jax.random.PRNGKey(0)).ema_params
-  images = jax.jit(method.sample, static_argnums=2)(params, jax.random.PRNGKey(1), 2)
-  assert images.shape == (2, 8, 8, 1) and float(jnp.max(jnp.abs(images))) <= 1.0
-  config.sample.sampler = "nope"
-  with pytest.raises(ConfigError, match="config.sample.sampler: unknown diffusion sampler 'nope'; "
-                                        "choose one of ddim, ddpm, last_x0"):
-    methods.make(config)
-  with pytest.raises(ValueError, match="diffusion sampler 'ddim' is registered twice"):
-    samplers.SAMPLERS.register("ddim")(last_x0)
-
-
-@pytest.mark.parametrize("process,sampler,steps,nfe", [
-    ("ddpm", "ddpm", 5, 100), ("ddpm", "ddim", 5, 5), ("edm", "heun", 18, 35), ("flow", "euler", 50, 50),
-    ("flow", "heun", 25, 50)])
-def test_each_process_reports_the_network_evaluations_of_its_sampler(data_dir, process, sampler, steps, nfe):
-  config = tiny_config(data_dir)
-  config.unlock()
-  config.diffusion.process, config.sample.sampler, config.sample.steps = process, sampler, steps
-  config.sample.preview_sampler = ""  # ddpm_digits previews with DDIM, a sampler of the ddpm process only.
-  assert methods.make(config).sample_nfe == nfe
-
-
-@pytest.mark.parametrize("process,sampler,names", [
-    ("edm", "ddim", "heun"), ("flow", "ddpm", "euler, euler_maruyama, heun"), ("ddpm", "heun", "ddim, ddpm")])
-def test_a_sampler_of_another_process_is_refused_with_the_process_names(data_dir, process, sampler, names):
-  from genimg_jax.errors import ConfigError
-
-  config = tiny_config(data_dir)
-  config.unlock()
-  config.diffusion.process, config.sample.sampler, config.sample.preview_sampler = process, sampler, ""
-  with pytest.raises(ConfigError, match=f"config.sample.sampler: unknown .*'{sampler}'; choose one of {names}$"):
-    methods.make(config)

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.run import FAMILY_CONFIGS, load_config
 from genimg_jax import methods
-from genimg_jax.losses import continuous as cont
+from genimg_jax.diffusion import edm, flow
 
 torch = pytest.importorskip("torch")
 from benchmarks import torch_reference  # noqa: E402
@@ -34,9 +34,9 @@ def _float64(a) -> torch.Tensor:
   return torch.tensor(np.asarray(a, np.float64))
 
 
-def _ours(stand_in):
-  """The stand-in as a ContinuousContext network."""
-  return cont.ContinuousContext(lambda params, x, label, rng, labels: stand_in(x, label))
+def _network(stand_in):
+  """The stand-in as the network of ours' loss contexts."""
+  return lambda params, x, label, rng, labels: stand_in(x, label)
 
 
 @pytest.mark.parametrize("stand_in", sorted(STAND_INS))
@@ -46,9 +46,9 @@ def test_edm_loss_is_ours_on_the_same_draws(stand_in):
   x0 = jax.random.uniform(jax.random.PRNGKey(5), (6, 4, 4, 2), minval=-1, maxval=1)
   rng = jax.random.PRNGKey(7)
   sigma_rng, noise_rng, _ = jax.random.split(rng, 3)  # as edm_loss splits it
-  sigma = cont.edm_training_sigmas(sigma_rng, 6)
+  sigma = edm.training_sigmas(sigma_rng, 6)
   n = jax.random.normal(noise_rng, x0.shape)
-  ours, _ = cont.edm_loss(None, {"image": x0}, rng, ctx=_ours(STAND_INS[stand_in]))
+  ours, _ = edm.edm_loss(None, {"image": x0}, rng, ctx=edm.EDMContext(_network(STAND_INS[stand_in])))
   theirs = reference_diffusion.edm_loss(STAND_INS[stand_in], _float64(x0), _float64(sigma), _float64(n), 0.5)
   assert theirs.dtype == torch.float64
   assert float(theirs) == pytest.approx(float(ours), rel=1e-5)
@@ -67,9 +67,9 @@ def test_flow_loss_is_ours_on_the_same_draws(stand_in):
   x0 = jax.random.uniform(jax.random.PRNGKey(5), (6, 4, 4, 2), minval=-1, maxval=1)
   rng = jax.random.PRNGKey(8)
   t_rng, noise_rng, _ = jax.random.split(rng, 3)  # as flow_loss splits it
-  t = cont.flow_training_times(t_rng, 6, "uniform")
+  t = flow.training_times(t_rng, 6, "uniform")
   eps = jax.random.normal(noise_rng, x0.shape)
-  ours, _ = cont.flow_loss(None, {"image": x0}, rng, ctx=_ours(STAND_INS[stand_in]))
+  ours, _ = flow.flow_loss(None, {"image": x0}, rng, ctx=flow.FlowContext(_network(STAND_INS[stand_in])))
   network = lambda x, label: STAND_INS[stand_in](x, label / reference_diffusion.FLOW_TIME_SCALE)
   theirs = reference_diffusion.flow_loss(network, _float64(x0), _float64(t), _float64(eps))
   assert theirs.dtype == torch.float64

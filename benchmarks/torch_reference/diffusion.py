@@ -6,14 +6,14 @@ genimg_jax/models/layers.py), or the DiT of benchmarks/torch_reference/dit.py. E
 (x [B, C, H, W], noise label [B], labels [B] or None); with model.num_classes > 0 it embeds
 the class (the label num_classes is the null class).
 The objective (diffusion.process), as genimg_jax/methods/diffusion.py trains with loss `simple`:
-- ddpm (genimg_jax/losses/diffusion.py): t ~ U{0..T-1}, noise ~ N(0, I),
+- ddpm (genimg_jax/diffusion/ddpm.py): t ~ U{0..T-1}, noise ~ N(0, I),
   x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, and the mean squared error of the
   network's output against the configured target (eps, v or x0), under the linear or
   cosine beta schedule; the noise label is t.
-- edm (genimg_jax/losses/continuous.py): ln sigma ~ N(P_mean, P_std^2), x = x0 + sigma n,
+- edm (genimg_jax/diffusion/edm.py): ln sigma ~ N(P_mean, P_std^2), x = x0 + sigma n,
   D = c_skip x + c_out F(c_in x; c_noise), the mean of lambda(sigma) (D - x0)^2.
-- flow (the same file): t uniform or logit-normal, x_t = (1 - t) x0 + t eps, the mean squared error of the
-  velocity against eps - x0; the noise label is 999 t.
+- flow (genimg_jax/diffusion/flow.py): t uniform or logit-normal, x_t = (1 - t) x0 + t eps, the mean
+  squared error of the velocity against eps - x0; the noise label is 999 t.
 A class-conditional network sees each label replaced by the null label with probability
 diffusion.label_dropout. Convolutions run channels_last: the NHWC images enter and the
 NHWC output leaves as free permutes. The UNet's weights start as flax's (truncated LeCun
@@ -32,8 +32,8 @@ from torch import nn
 from benchmarks.torch_reference import Reference, autocast, make_ema, make_update, maybe_compile
 from benchmarks.torch_reference.dit import DiT
 from benchmarks.torch_reference.layers import GROUP_NORM_EPS, Upsample, conv3x3, lecun_normal_, timestep_embedding
-from genimg_jax.losses.noise import beta_schedule  # NumPy float64 betas, computed once on the host
-from genimg_jax.methods.diffusion import FLOW_TIME_SCALE
+from genimg_jax.diffusion.ddpm import beta_schedule  # NumPy float64 betas, computed once on the host
+from genimg_jax.diffusion.flow import TIME_SCALE as FLOW_TIME_SCALE
 
 ARCHS = ("unet", "dit")
 PROCESSES = ("ddpm", "edm", "flow")

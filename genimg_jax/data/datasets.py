@@ -1,7 +1,8 @@
 """Data sets by config name: the catalog, finding or preparing a builder, opening a split.
 
-config.data.name is one of CATALOG (tfds data sets, and the offline `digits`) or
-`folder` / `npz` (the user's own images at config.data.path, see user_images).
+config.data.name is one of CATALOG (tfds data sets, and the offline `digits`), a
+CatalogEntry of the user's own tfds data set as `module:attribute`, or `folder` / `npz`
+(the user's own images at config.data.path, see user_images).
 Offline data sets are prepared on first use; catalog data sets that download are
 prepared ahead of training with `genimg data prepare`.
 """
@@ -20,7 +21,7 @@ import tensorflow_datasets as tfds
 
 from genimg_jax.data import digits, user_images
 from genimg_jax.errors import ConfigError, DataError
-from genimg_jax.registry import lookup
+from genimg_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,29 +48,27 @@ class CatalogEntry:
 
 _ELSEWHERE = ("prepare it on a machine with internet access (genimg data prepare --config ... with the same "
               "data.data_dir) and copy the data dir's {path} folder here")
-CATALOG: dict[str, CatalogEntry] = {
-    "digits": CatalogEntry(None, ("train", "test"), None, 1, sizes=digits.SIZES),
-    "mnist": CatalogEntry("mnist", ("train", "test"), (28, 28), 1,
-                          download_url="https://storage.googleapis.com/cvdf-datasets/mnist/", manual=_ELSEWHERE),
-    "fashion_mnist": CatalogEntry("fashion_mnist", ("train", "test"), (28, 28), 1,
-                                  download_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                                  manual=_ELSEWHERE),
-    "cifar10": CatalogEntry("cifar10", ("train", "test"), (32, 32), 3,
-                            download_url="https://www.cs.toronto.edu/~kriz/", manual=_ELSEWHERE),
-    "celeb_a": CatalogEntry("celeb_a", ("train", "validation", "test"), (218, 178), 3,
-                            download_url="https://drive.google.com/", manual=(
+CATALOG = Registry("data.name", "data set")
+CATALOG.register("digits")(CatalogEntry(None, ("train", "test"), None, 1, sizes=digits.SIZES))
+CATALOG.register("mnist")(CatalogEntry(
+    "mnist", ("train", "test"), (28, 28), 1, download_url="https://storage.googleapis.com/cvdf-datasets/mnist/",
+    manual=_ELSEWHERE))
+CATALOG.register("fashion_mnist")(CatalogEntry(
+    "fashion_mnist", ("train", "test"), (28, 28), 1,
+    download_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", manual=_ELSEWHERE))
+CATALOG.register("cifar10")(CatalogEntry(
+    "cifar10", ("train", "test"), (32, 32), 3, download_url="https://www.cs.toronto.edu/~kriz/", manual=_ELSEWHERE))
+CATALOG.register("celeb_a")(CatalogEntry(
+    "celeb_a", ("train", "validation", "test"), (218, 178), 3, download_url="https://drive.google.com/", manual=(
         "celeb_a downloads from Google Drive, which often refuses scripted downloads; if it does, "
         "download img_align_celeba.zip, list_eval_partition.txt, list_landmarks_align_celeba.txt and "
-        "list_attr_celeba.txt from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, or " + _ELSEWHERE)),
-    "imagenet_resized/32x32": CatalogEntry("imagenet_resized/32x32", ("train", "validation"), (32, 32), 3,
-                                           download_url="http://www.image-net.org/data/downsample/",
-                                           manual="it downloads from image-net.org, which needs an ImageNet "
-                                           "account: " + _ELSEWHERE),
-    "imagenet_resized/64x64": CatalogEntry("imagenet_resized/64x64", ("train", "validation"), (64, 64), 3,
-                                           download_url="http://www.image-net.org/data/downsample/",
-                                           manual="it downloads from image-net.org, which needs an ImageNet "
-                                           "account: " + _ELSEWHERE),
-}
+        "list_attr_celeba.txt from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, or " + _ELSEWHERE)))
+_IMAGENET = dict(download_url="http://www.image-net.org/data/downsample/",
+                 manual="it downloads from image-net.org, which needs an ImageNet account: " + _ELSEWHERE)
+CATALOG.register("imagenet_resized/32x32")(CatalogEntry(
+    "imagenet_resized/32x32", ("train", "validation"), (32, 32), 3, **_IMAGENET))
+CATALOG.register("imagenet_resized/64x64")(CatalogEntry(
+    "imagenet_resized/64x64", ("train", "validation"), (64, 64), 3, **_IMAGENET))
 USER_KINDS = user_images.KINDS
 
 
@@ -78,11 +77,22 @@ def resolve_data_dir(data_dir: str) -> str:
   return os.path.expanduser(data_dir or os.environ.get("GENIMG_DATA_DIR", "~/tensorflow_datasets"))
 
 
+def catalog_entry(data: ml_collections.ConfigDict) -> CatalogEntry | None:
+  """The CatalogEntry config.data.name selects (built-in or `module:attribute`); None for the user's
+  folder or npz. Raises ConfigError for an unknown name or an attribute that is no CatalogEntry."""
+  if data.name in USER_KINDS:
+    return None
+  entry = CATALOG.resolve(data.name)
+  if not isinstance(entry, CatalogEntry):
+    raise ConfigError("config.data.name", f"{data.name!r} is not a CatalogEntry (type {type(entry).__name__})")
+  return entry
+
+
 def splits_of(data: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The split names of the data set config.data names."""
   if data.name in USER_KINDS:
     return ("train", "test") if data.holdout_fraction > 0 else ("train",)
-  return lookup("config.data.name", data.name, CATALOG).splits
+  return catalog_entry(data).splits
 
 
 def check_config(data: ml_collections.ConfigDict) -> None:
@@ -92,7 +102,7 @@ def check_config(data: ml_collections.ConfigDict) -> None:
     if not data.path:
       raise ConfigError("config.data.path", f"data.name={data.name!r} needs the path of your {data.name}")
   else:
-    entry = lookup("config.data.name", data.name, CATALOG)
+    entry = catalog_entry(data)
     if data.channels != entry.channels:
       raise ConfigError("config.data.channels", f"{data.name} images have {entry.channels} channel(s), "
                         f"not {data.channels}")
@@ -120,12 +130,12 @@ def get_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   if data.name == "digits":
     return digits.SklearnDigits(config=f"{data.image_size}x{data.image_size}", data_dir=data_dir,
                                 file_format="array_record")
-  return tfds.builder(CATALOG[data.name].tfds_name, data_dir=data_dir, file_format="array_record")
+  return tfds.builder(catalog_entry(data).tfds_name, data_dir=data_dir, file_format="array_record")
 
 
 def needs_resize(data: ml_collections.ConfigDict) -> bool:
   """Whether the stored images must be center-cropped and resized on the fly to data.image_size."""
-  entry = CATALOG.get(data.name)
+  entry = catalog_entry(data)
   if entry is None or entry.native_size is None:
     return False  # Ours store the configured size already.
   return bool(data.crop_size) or entry.native_size != (data.image_size, data.image_size)
@@ -145,7 +155,7 @@ def _remove_partial(builder: tfds.core.DatasetBuilder) -> None:
 
 
 def _how_to_prepare(data: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> str:
-  entry = CATALOG[data.name]
+  entry = catalog_entry(data)
   folder = os.path.relpath(str(builder.data_path), builder.data_dir_root).split(os.sep)[0]
   return entry.manual.format(path=os.path.join(builder.data_dir_root, folder))
 
@@ -178,7 +188,8 @@ def prepare(data: ml_collections.ConfigDict, download: bool = False) -> tfds.cor
         f"data set {data.name!r} is not prepared: no {builder.data_dir}. Prepare it once with "
         f"`genimg data prepare --config <this config>` (it downloads), with the same data.data_dir, "
         f"or {_how_to_prepare(data, builder)}"))
-  unreachable = None if offline else _check_reachable(CATALOG[data.name].download_url)
+  url = None if offline else catalog_entry(data).download_url
+  unreachable = _check_reachable(url) if url else None
   if unreachable:
     raise DataError("config.data.name", f"cannot download {data.name!r} into {builder.data_dir_root}: "
                     f"{unreachable}. To prepare it without internet: {_how_to_prepare(data, builder)}")

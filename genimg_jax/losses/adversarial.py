@@ -14,16 +14,23 @@ losses fit the same signature). A penalty regularises the discriminator:
 where `discriminate(images [B, H, W, C], labels [B]) -> logits [B]` and `real`,
 `fake` are batches {"image": [B, H, W, C] float32, "label": [B] int32}. Penalties
 take per-example input gradients, so the discriminator must not mix examples
-(no batch norm). Config names them: `gan.loss`, `gan.penalty`.
+(no batch norm). Config selects them by name, `gan.loss` and `gan.penalty`, from LOSSES and
+PENALTIES or as the user's own `module:function`.
 """
 
 import jax
 import jax.numpy as jnp
 
+from genimg_jax.registry import Registry
+
+LOSSES = Registry("gan.loss", "GAN loss")
+PENALTIES = Registry("gan.penalty", "GAN penalty")
+
 # Keeps the norm's gradient finite where the input gradient is exactly zero.
 _NORM_EPS = 1e-12
 
 
+@LOSSES.register("non_saturating")
 def non_saturating(real_logits: jax.Array, fake_logits: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Goodfellow et al. (2014) with the non-saturating generator loss.
 
@@ -34,6 +41,7 @@ def non_saturating(real_logits: jax.Array, fake_logits: jax.Array) -> tuple[jax.
   return d_loss, jnp.mean(jax.nn.softplus(-fake_logits))
 
 
+@LOSSES.register("minimax")
 def minimax(real_logits: jax.Array, fake_logits: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Goodfellow et al. (2014), the original zero-sum game.
 
@@ -43,21 +51,20 @@ def minimax(real_logits: jax.Array, fake_logits: jax.Array) -> tuple[jax.Array, 
   return d_loss, -jnp.mean(jax.nn.softplus(fake_logits))
 
 
+@LOSSES.register("hinge")
 def hinge(real_logits: jax.Array, fake_logits: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Hinge loss (Lim & Ye 2017; Miyato et al. 2018). D: relu(1 - r) + relu(1 + f). G: -f."""
   d_loss = jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
   return d_loss, -jnp.mean(fake_logits)
 
 
+@LOSSES.register("wasserstein")
 def wasserstein(real_logits: jax.Array, fake_logits: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Wasserstein GAN (Arjovsky et al. 2017): D (the critic): f - r. G: -f.
 
   The critic must be kept Lipschitz, e.g. by `gradient_penalty` or spectral norm.
   """
   return jnp.mean(fake_logits) - jnp.mean(real_logits), -jnp.mean(fake_logits)
-
-
-LOSSES = {"non_saturating": non_saturating, "minimax": minimax, "hinge": hinge, "wasserstein": wasserstein}
 
 
 def input_gradients(discriminate, images: jax.Array, labels: jax.Array) -> jax.Array:
@@ -73,6 +80,7 @@ def _squared_norms(gradients: jax.Array) -> jax.Array:
   return jnp.sum(jnp.square(gradients.reshape(gradients.shape[0], -1)), axis=-1)
 
 
+@PENALTIES.register("gradient_penalty")
 def gradient_penalty(discriminate, real: dict, fake: dict, rng: jax.Array) -> jax.Array:
   """WGAN-GP (Gulrajani et al. 2017): mean_i (||grad D(x_i)||_2 - 1)^2.
 
@@ -86,16 +94,15 @@ def gradient_penalty(discriminate, real: dict, fake: dict, rng: jax.Array) -> ja
   return jnp.mean(jnp.square(norms - 1.0))
 
 
+@PENALTIES.register("r1")
 def r1(discriminate, real: dict, fake: dict, rng: jax.Array) -> jax.Array:
   """R1 (Mescheder et al. 2018): mean_i ||grad D(real_i)||^2. The usual gamma / 2 is the weight."""
   del fake, rng
   return jnp.mean(_squared_norms(input_gradients(discriminate, real["image"], real["label"])))
 
 
+@PENALTIES.register("r2")
 def r2(discriminate, real: dict, fake: dict, rng: jax.Array) -> jax.Array:
   """R2 (Mescheder et al. 2018): mean_i ||grad D(fake_i)||^2, R1 on the fake batch."""
   del real, rng
   return jnp.mean(_squared_norms(input_gradients(discriminate, fake["image"], fake["label"])))
-
-
-PENALTIES = {"gradient_penalty": gradient_penalty, "r1": r1, "r2": r2}

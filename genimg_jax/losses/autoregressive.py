@@ -5,6 +5,9 @@ inverse of `images.uint8_to_float`; the token sequence of an image [H, W, C] is
 its L = H * W * C values in raster order, channels interleaved. The likelihood
 is exact (a categorical over 256 values per sub-pixel), so nats/dim and bits/dim
 need no dequantisation correction.
+
+A loss is selected by config.loss.name from LOSSES, or is the user's own `module:function`
+with nll_loss's signature.
 """
 
 import dataclasses
@@ -16,6 +19,9 @@ import numpy as np
 
 from genimg_jax import images
 from genimg_jax.losses import likelihoods
+from genimg_jax.registry import Registry
+
+LOSSES = Registry("loss.name", "autoregressive loss")
 
 # The 256 floats of 8-bit values and the midpoints between neighbours, by the library's conversion.
 _LEVELS = images.uint8_to_float(np.arange(256))
@@ -66,6 +72,7 @@ class ModelContext:
   logits: Callable[..., jax.Array]
 
 
+@LOSSES.register("nll")
 def nll_loss(params, batch: dict, rng: jax.Array, *, ctx: ModelContext):
   """Teacher-forced negative log-likelihood of the batch, in nats/dim.
 
@@ -75,6 +82,3 @@ def nll_loss(params, batch: dict, rng: jax.Array, *, ctx: ModelContext):
   tokens = image_to_tokens(batch["image"])
   nats = jnp.mean(nats_per_dim(ctx.logits(params, tokens, batch["label"], rng), tokens))
   return nats, {"loss": nats, "nats_per_dim": nats, "bits_per_dim": likelihoods.bits_per_dim(nats)}
-
-
-BUILTIN_LOSSES = {"nll": nll_loss}

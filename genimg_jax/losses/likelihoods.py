@@ -5,8 +5,9 @@ A pixel value k in {0, ..., 255} is the float x = k / 127.5 - 1 inside the libra
 [x - 1/255, x + 1/255]. Every log-probability here is of a whole bin, so the
 probabilities of the 256 values of a pixel sum to 1 and bits/dim are honest.
 
-Each distribution is built by `make(name, channels, num_mixtures)` as a `Likelihood`
-whose `params` are a decoder's output [B, H, W, num_params]:
+Each distribution is built by `make(name, channels, **fields)` as a `Likelihood`
+whose `params` are a decoder's output [B, H, W, num_params]; `name` is one of LIKELIHOODS
+or the user's own constructor as `module:function`:
   bernoulli:         per sub-pixel logit of the value 255; mass only on 0 and 255 (for
                      binarised data; any other value has probability 0).
   logistic:          per sub-pixel discretised logistic (mean, log-scale).
@@ -21,14 +22,18 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from genimg_jax.config import require
 from genimg_jax.images import uint8_to_float
+from genimg_jax.registry import Registry
 
 NUM_VALUES = 256
 HALF_BIN = 1.0 / 255.0  # half the distance between neighbouring pixel values in [-1, 1]
 MIN_LOG_SCALE = -7.0  # PixelCNN++'s floor on logistic log-scales
-LIKELIHOODS = ("bernoulli", "logistic", "logistic_mixture", "categorical")
+# name -> build(channels, options) -> Likelihood, options the config's likelihood section.
+LIKELIHOODS = Registry("likelihood.name", "likelihood")
 # The 256 pixel values as floats, exactly as the data pipeline makes them (float32 [256]).
 PIXEL_FLOATS = uint8_to_float(np.arange(NUM_VALUES, dtype=np.uint8))
 
@@ -200,7 +205,11 @@ class Likelihood:
   binary: bool = False
 
 
-def _bernoulli(channels: int) -> Likelihood:
+@LIKELIHOODS.register("bernoulli")
+def bernoulli(channels: int, options: ml_collections.ConfigDict) -> Likelihood:
+  """Binary pixels (`bernoulli_log_prob`), one logit per sub-pixel."""
+  del options
+
   def sample(logits, rng):
     return jnp.where(jax.random.bernoulli(rng, jax.nn.sigmoid(logits)), 1.0, -1.0)
 
@@ -210,7 +219,11 @@ def _bernoulli(channels: int) -> Likelihood:
                     sample=sample, binary=True)
 
 
-def _logistic(channels: int) -> Likelihood:
+@LIKELIHOODS.register("logistic")
+def logistic(channels: int, options: ml_collections.ConfigDict) -> Likelihood:
+  """A discretised logistic per sub-pixel: outputs are C means, then C log-scales."""
+  del options
+
   def sample(params, rng):
     mean, log_scale = params[..., :channels], jnp.maximum(params[..., channels:], MIN_LOG_SCALE)
     return quantize(mean + jnp.exp(log_scale) * jax.random.logistic(rng, mean.shape, mean.dtype))
@@ -221,7 +234,11 @@ def _logistic(channels: int) -> Likelihood:
       mean=lambda p: jnp.clip(p[..., :channels], -1.0, 1.0), sample=sample)
 
 
-def _logistic_mixture(channels: int, num_mixtures: int) -> Likelihood:
+@LIKELIHOODS.register("logistic_mixture", fields={"num_mixtures": 5})
+def logistic_mixture(channels: int, options: ml_collections.ConfigDict) -> Likelihood:
+  """A mixture of options.num_mixtures discretised logistics per pixel (`logistic_mixture_log_prob`)."""
+  num_mixtures = options.num_mixtures
+  require(num_mixtures > 0, "likelihood.num_mixtures", "must be > 0")
   return Likelihood(
       num_params=mixture_num_params(channels, num_mixtures),
       log_prob=lambda p, x: logistic_mixture_log_prob(p, x, num_mixtures),
@@ -229,7 +246,10 @@ def _logistic_mixture(channels: int, num_mixtures: int) -> Likelihood:
       sample=lambda p, rng: _logistic_mixture_sample(p, rng, channels, num_mixtures))
 
 
-def _categorical(channels: int) -> Likelihood:
+@LIKELIHOODS.register("categorical")
+def categorical(channels: int, options: ml_collections.ConfigDict) -> Likelihood:
+  """A 256-way categorical per sub-pixel: outputs are C groups of 256 logits."""
+  del options
   values = jnp.asarray(PIXEL_FLOATS)
   split = lambda p: p.reshape(p.shape[:-1] + (channels, NUM_VALUES))
   return Likelihood(
@@ -239,17 +259,13 @@ def _categorical(channels: int) -> Likelihood:
       sample=lambda p, rng: values[jax.random.categorical(rng, split(p))].astype(p.dtype))
 
 
-def make(name: str, channels: int, num_mixtures: int = 1) -> Likelihood:
-  """The likelihood called `name` (one of LIKELIHOODS) for images with `channels` channels.
+def make(name: str, channels: int, **fields) -> Likelihood:
+  """The likelihood `name` selects (built-in or `module:function`) for images with `channels` channels.
 
-  num_mixtures: components of logistic_mixture (ignored by the others).
+  fields: the likelihood section's other fields (num_mixtures, or those of the user's own), each
+  defaulting to its owner's default. The constructor is called as build(channels, options), options
+  the whole section as a ConfigDict.
   """
-  if name == "bernoulli":
-    return _bernoulli(channels)
-  if name == "logistic":
-    return _logistic(channels)
-  if name == "logistic_mixture":
-    return _logistic_mixture(channels, num_mixtures)
-  if name == "categorical":
-    return _categorical(channels)
-  raise ValueError(f"unknown likelihood {name!r}; choose one of {LIKELIHOODS}")
+  build = LIKELIHOODS.resolve(name)
+  require(callable(build), "likelihood.name", f"{name!r} is not a function")
+  return build(channels, ml_collections.ConfigDict({**LIKELIHOODS.config_fields(), **fields, "name": name}))

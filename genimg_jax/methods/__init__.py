@@ -1,14 +1,24 @@
-"""Methods: one per model family, each a bundle of pure functions the trainer calls."""
+"""Methods: one per model family, each a bundle of pure functions the trainer calls.
+
+config.method selects one of METHODS, or the user's own `make(config) -> Method` as `module:function`.
+"""
 
 import ml_collections
 
+from genimg_jax.config import require
 from genimg_jax.methods import autoregressive, diffusion, gan, vae
 from genimg_jax.methods.base import Method
-from genimg_jax.registry import lookup
+from genimg_jax.registry import Registry
 
-METHODS = {"autoregressive": autoregressive.make, "diffusion": diffusion.make, "gan": gan.make, "vae": vae.make}
+METHODS = Registry("method", "method")
+METHODS.register("autoregressive")(autoregressive.make)
+METHODS.register("diffusion")(diffusion.make)
+METHODS.register("gan")(gan.make)
+METHODS.register("vae")(vae.make)
 
 
 def make(config: ml_collections.ConfigDict) -> Method:
-  """The method named by config.method, built from the config (validated on the way)."""
-  return lookup("config.method", config.method, METHODS)(config)
+  """The method config.method selects, built from the config (validated on the way)."""
+  build = METHODS.resolve(config.method)
+  require(callable(build), "method", f"{config.method!r} is not a function")
+  return build(config)

@@ -12,7 +12,6 @@ from genimg_jax.methods import autoregressive_sampling as sampling
 from genimg_jax.methods.base import (Method, compute_dtype, default_labels, initial_state, loss_train_step,
                                      make_optimizer, optimizer_config)
 from genimg_jax.models import transformer
-from genimg_jax.registry import lookup
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -30,7 +29,8 @@ def default_config() -> ml_collections.ConfigDict:
       "optimizer": optimizer_config(),
       "ema": {"decay": 0.999},
       "sample": {
-          "sampler": "cached",  # cached (key/value cache) | uncached (full forward pass per token)
+          # cached (key/value cache) | uncached (full forward pass per token) | your own as 'module:function'
+          "sampler": "cached",
           "temperature": 1.0,  # 0: greedy
           "top_k": 0,  # 0: all 256 values
       },
@@ -50,7 +50,6 @@ def _validate(config) -> None:
           f"must be one of {transformer.ATTENTION_IMPLEMENTATIONS}")
   compute_dtype(m.dtype)
   require(0.0 <= config.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
-  require(s.sampler in sampling.SAMPLERS, "sample.sampler", f"must be one of {sampling.SAMPLERS}")
   require(s.temperature >= 0.0, "sample.temperature", "must be >= 0 (0: greedy)")
   require(0 <= s.top_k <= transformer.NUM_TOKENS, "sample.top_k",
           f"must be in [0, {transformer.NUM_TOKENS}] (0: no restriction)")
@@ -81,8 +80,10 @@ def make(config: ml_collections.ConfigDict) -> Method:
   _validate(config)
   model = make_model(config)
   image_shape = model.image_shape
-  loss_fn = lookup("config.loss.name", config.loss.name, arl.BUILTIN_LOSSES)
+  loss_fn = arl.LOSSES.resolve(config.loss.name)
   require(callable(loss_fn), "loss.name", f"{config.loss.name!r} is not a function")
+  sampler = sampling.SAMPLERS.resolve(config.sample.sampler)
+  require(callable(sampler), "sample.sampler", f"{config.sample.sampler!r} is not a function")
   tx, learning_rate = make_optimizer(config.optimizer)
   ema_decay = config.ema.decay
   conditional = config.model.num_classes > 0
@@ -110,20 +111,14 @@ def make(config: ml_collections.ConfigDict) -> Method:
     return metrics
 
   def sample(params, rng, num, labels=None):
-    s = config.sample
     if labels is None or not conditional:
       labels = sample_labels(num, config.model.num_classes)
-    if s.sampler == "cached":
-      def decode_step(previous, position, cache):
-        return model.apply({"params": params}, previous, labels, position, cache,
-                           method=transformer.ImageTransformer.decode_step)
-
-      tokens = sampling.sample_cached(decode_step, transformer.init_cache(model, num), num, model.seq_len, rng,
-                                      s.temperature, s.top_k)
-    else:
-      forward = lambda tokens: model.apply({"params": params}, tokens, labels, train=False)
-      tokens = sampling.sample_uncached(forward, num, model.seq_len, rng, s.temperature, s.top_k)
-    return arl.tokens_to_image(tokens, image_shape)
+    decoder = sampling.Decoder(
+        forward=lambda tokens: model.apply({"params": params}, tokens, labels, train=False),
+        decode_step=lambda previous, position, cache: model.apply(
+            {"params": params}, previous, labels, position, cache, method=transformer.ImageTransformer.decode_step),
+        init_cache=lambda batch: transformer.init_cache(model, batch), num_tokens=model.seq_len)
+    return arl.tokens_to_image(sampler(decoder, num, rng, config.sample), image_shape)
 
   return Method(init=init, train_step=train_step, sample=sample, eval_step=eval_step,
                 image_shape=image_shape, num_classes=config.model.num_classes, sample_nfe=model.seq_len)

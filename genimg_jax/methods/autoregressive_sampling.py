@@ -8,14 +8,37 @@ uncached: the full causal forward pass at every step, keeping one position's
   against, and the baseline of the speed benchmark.
 The token at position i is drawn with key fold_in(rng, i) in both, so the same key
 gives the same samples either way.
+
+config.sample.sampler selects one of SAMPLERS or the user's own `module:function`, called as
+sampler(model, num, rng, options) -> tokens [num, model.num_tokens] int32, with `model` a
+`Decoder` and options the config's `sample` section (temperature, top_k, ...).
 """
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-SAMPLERS = ("cached", "uncached")
+from genimg_jax.registry import Registry
+
+SAMPLERS = Registry("sample.sampler", "autoregressive sampler")
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+  """The model a sampler draws from, parameters and class labels bound, in eval mode.
+
+  forward(tokens [B, L] int32) -> logits [B, L, V] float32, causal.
+  decode_step(previous [B] int32, position int32, cache) -> (logits [B, V] float32, cache).
+  init_cache(batch) -> the empty key/value cache for `batch` rows. num_tokens: L.
+  """
+
+  forward: Callable[[jax.Array], jax.Array]
+  decode_step: Callable
+  init_cache: Callable[[int], Any]
+  num_tokens: int
 
 
 def choose_tokens(logits: jax.Array, rng: jax.Array, temperature: float, top_k: int) -> jax.Array:
@@ -81,3 +104,16 @@ def sample_uncached(forward: Callable, batch: int, num_tokens: int, rng: jax.Arr
   positions = jnp.arange(num_tokens, dtype=jnp.int32)
   tokens, _ = jax.lax.scan(step, jnp.zeros((batch, num_tokens), jnp.int32), positions)
   return tokens
+
+
+@SAMPLERS.register("cached")
+def cached_sampler(model: Decoder, num: int, rng: jax.Array, options: ml_collections.ConfigDict) -> jax.Array:
+  """`sample_cached` with options.temperature and options.top_k: tokens [num, L] int32."""
+  return sample_cached(model.decode_step, model.init_cache(num), num, model.num_tokens, rng, options.temperature,
+                       options.top_k)
+
+
+@SAMPLERS.register("uncached")
+def uncached_sampler(model: Decoder, num: int, rng: jax.Array, options: ml_collections.ConfigDict) -> jax.Array:
+  """`sample_uncached` with options.temperature and options.top_k: tokens [num, L] int32."""
+  return sample_uncached(model.forward, num, model.num_tokens, rng, options.temperature, options.top_k)

@@ -32,14 +32,15 @@ from genimg_jax.methods.base import (Method, TrainState, compute_dtype, default_
                                      optimizer_config, split_over_devices)
 from genimg_jax.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from genimg_jax.models.sngan import ResNetDiscriminator, ResNetGenerator
-from genimg_jax.registry import Registry, lookup
+from genimg_jax.registry import Registry
 
-# name -> build(config, image_shape, dtype) -> (generator, discriminator), checking its own fields.
+# name -> build(config, image_shape, dtype) -> (generator, discriminator), checking the fields it owns.
 ARCHITECTURES = Registry("model.arch", "GAN architecture")
+# name -> sampler(parts, params, rng, num, labels=None) -> images [num, H, W, C] float32 in [-1, 1].
+SAMPLERS = Registry("sample.sampler", "GAN sampler")
 G_NORMS = ("batch", "none")
 D_NORMS = ("batch", "spectral", "none")
 CONDITIONINGS = ("embedding", "batch_norm")
-SAMPLERS = ("generator",)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -47,18 +48,19 @@ def default_config() -> ml_collections.ConfigDict:
   gan_optimizer = optimizer_config()
   gan_optimizer.update({"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "grad_clip": 0.0})
   return ml_collections.ConfigDict({
+      # The fields every architecture reads, then those the architectures own (ARCHITECTURES.config_fields()).
       "model": {
-          "arch": "dcgan",  # dcgan | resnet (SNGAN)
+          "arch": "dcgan",  # dcgan | resnet (SNGAN) | your own as 'module:function'
           "z_dim": 100,
           "g_ch": 64,  # generator width (dcgan: at the last hidden level; resnet: every block)
           "d_ch": 64,  # discriminator width (dcgan: at the first level; resnet: every block)
-          "ch_mult": (1, 2, 4, 8),  # dcgan only: width multipliers from the image resolution down
           "g_norm": "batch",  # batch | none
           "d_norm": "batch",  # batch | spectral | none (resnet: spectral | none)
           "num_classes": 0,  # > 0: class-conditional generator and projection discriminator
           "g_conditioning": "embedding",  # embedding (appended to z) | batch_norm (conditional BN)
           "bn_momentum": 0.9,
           "dtype": "float32",  # compute dtype; parameters stay float32
+          **ARCHITECTURES.config_fields(),
       },
       "gan": {
           # A built-in name or your own `module:function`; see genimg_jax.losses.adversarial.
@@ -71,12 +73,13 @@ def default_config() -> ml_collections.ConfigDict:
       "g_optimizer": gan_optimizer,
       "d_optimizer": gan_optimizer.copy_and_resolve_references(),
       "ema": {"decay": 0.999},
-      "sample": {"sampler": "generator"},  # one forward pass of the EMA generator
+      "sample": {"sampler": "generator"},  # one forward pass of the EMA generator, or your own 'module:function'
       "eval": {"metrics": "fid"},  # no held-out likelihood (bpd): sample quality only
   })
 
 
-@ARCHITECTURES.register("dcgan")
+# ch_mult: width multipliers from the image resolution down, one per resolution level.
+@ARCHITECTURES.register("dcgan", fields={"ch_mult": (1, 2, 4, 8)})
 def dcgan(config, image_shape, dtype) -> tuple[nn.Module, nn.Module]:
   """DCGAN G and D (any size divisible by 2^len(model.ch_mult))."""
   m, size = config.model, config.data.image_size
@@ -103,7 +106,6 @@ def resnet(config, image_shape, dtype) -> tuple[nn.Module, nn.Module]:
 
 def _validate(config) -> None:
   m, g = config.model, config.gan
-  ARCHITECTURES.get_checked(m.arch)
   for field in ("z_dim", "g_ch", "d_ch"):
     require(m[field] > 0, f"model.{field}", "must be > 0")
   require(m.g_norm in G_NORMS, "model.g_norm", f"must be one of {G_NORMS}")
@@ -123,7 +125,6 @@ def _validate(config) -> None:
   require(g.penalty == "none" or m.d_norm != "batch", "gan.penalty",
           "input-gradient penalties need a discriminator without batch norm (model.d_norm)")
   require(0.0 <= config.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
-  require(config.sample.sampler in SAMPLERS, "sample.sampler", f"must be one of {SAMPLERS}")
 
 
 def _split_params(variables) -> tuple[dict, dict]:
@@ -171,10 +172,12 @@ def make_parts(config: ml_collections.ConfigDict) -> Parts:
   _validate(config)
   m, g = config.model, config.gan
   image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
-  generator, discriminator = ARCHITECTURES[m.arch](config, image_shape, compute_dtype(m.dtype))
-  loss = lookup("config.gan.loss", g.loss, adversarial.LOSSES)
+  build = ARCHITECTURES.resolve(m.arch)
+  require(callable(build), "model.arch", f"{m.arch!r} is not a function")
+  generator, discriminator = build(config, image_shape, compute_dtype(m.dtype))
+  loss = adversarial.LOSSES.resolve(g.loss)
   require(callable(loss), "gan.loss", f"{g.loss!r} is not a function")
-  penalty = None if g.penalty == "none" else lookup("config.gan.penalty", g.penalty, adversarial.PENALTIES)
+  penalty = None if g.penalty == "none" else adversarial.PENALTIES.resolve(g.penalty)
   require(penalty is None or callable(penalty), "gan.penalty", f"{g.penalty!r} is not a function")
   g_tx, g_learning_rate = make_optimizer(config.g_optimizer, "g_optimizer")
   d_tx, d_learning_rate = make_optimizer(config.d_optimizer, "d_optimizer")
@@ -312,6 +315,7 @@ def train_step(parts: Parts, state: TrainState, batch: dict, rng: jax.Array):
   return state.replace(step=state.step + 1), metrics
 
 
+@SAMPLERS.register("generator")
 def sample(parts: Parts, params, rng: jax.Array, num: int, labels: jax.Array | None = None) -> jax.Array:
   """The EMA generator's images [num, H, W, C] float32 in [-1, 1]; params are its flax variables.
   labels [num] int32 (default: class i % num_classes for sample i; zeros when unconditional)."""
@@ -325,6 +329,8 @@ def sample(parts: Parts, params, rng: jax.Array, num: int, labels: jax.Array | N
 def make(config: ml_collections.ConfigDict) -> Method:
   """Builds the GAN method from a config (validated on the way)."""
   parts = make_parts(config)
+  sampler = SAMPLERS.resolve(config.sample.sampler)
+  require(callable(sampler), "sample.sampler", f"{config.sample.sampler!r} is not a function")
   return Method(init=functools.partial(init, parts), train_step=functools.partial(train_step, parts),
-                sample=functools.partial(sample, parts), eval_step=None, image_shape=parts.image_shape,
+                sample=functools.partial(sampler, parts), eval_step=None, image_shape=parts.image_shape,
                 num_classes=parts.num_classes, networks=("generator", "discriminator"))

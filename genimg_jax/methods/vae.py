@@ -33,10 +33,9 @@ def default_config() -> ml_collections.ConfigDict:
           "latent_dim": 32,
           "dtype": "float32",  # compute dtype; parameters stay float32
       },
-      "likelihood": {
-          "name": "logistic_mixture",  # bernoulli | logistic | logistic_mixture | categorical
-          "num_mixtures": 5,  # logistic_mixture only
-      },
+      # name: bernoulli | logistic | logistic_mixture | categorical | your own constructor as 'module:function';
+      # then the fields the likelihoods own (logistic_mixture: num_mixtures).
+      "likelihood": {"name": "logistic_mixture", **likelihoods.LIKELIHOODS.config_fields()},
       "kl": {
           "beta": 1.0,  # weight of the KL term in training (eval always uses the true ELBO)
           "warmup_steps": 0,  # the weight rises linearly from 0 to beta over these steps
@@ -54,7 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _validate(config) -> None:
-  m, lk, kl, ev = config.model, config.likelihood, config.kl, config.eval
+  m, kl, ev = config.model, config.kl, config.eval
   require(m.ch > 0, "model.ch", "must be > 0")
   require(len(m.ch_mult) > 0 and all(k > 0 for k in m.ch_mult), "model.ch_mult",
           "must be a non-empty tuple of positive ints")
@@ -67,8 +66,6 @@ def _validate(config) -> None:
   down = 2 ** (len(m.ch_mult) - 1)
   require(config.data.image_size % down == 0, "data.image_size",
           f"{config.data.image_size} is not divisible by the encoder's downsampling factor {down}")
-  require(lk.name in likelihoods.LIKELIHOODS, "likelihood.name", f"must be one of {likelihoods.LIKELIHOODS}")
-  require(lk.num_mixtures > 0, "likelihood.num_mixtures", "must be > 0")
   require(kl.beta >= 0, "kl.beta", "must be >= 0")
   require(kl.warmup_steps >= 0, "kl.warmup_steps", "must be >= 0")
   require(kl.free_bits >= 0, "kl.free_bits", "must be >= 0")
@@ -131,7 +128,7 @@ def build(config: ml_collections.ConfigDict) -> VAEParts:
   _validate(config)
   m = config.model
   image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
-  likelihood = likelihoods.make(config.likelihood.name, image_shape[-1], config.likelihood.num_mixtures)
+  likelihood = likelihoods.make(channels=image_shape[-1], **config.likelihood)
   model = VAE(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks, norm_groups=m.norm_groups,
               latent_type=m.latent_type, latent_dim=m.latent_dim, image_size=image_shape[:2],
               out_ch=likelihood.num_params, dtype=compute_dtype(m.dtype))
