@@ -1,9 +1,10 @@
 """The generic training loop: any method, one code path from 1 CPU to many devices.
 
 `train` sets up the run (`_start`), then steps and runs the periodic actions, each
-a named function of the step's `_Run` behind one predicate, `every`: log, checkpoint,
-sample grids, evaluate. Evaluation comes in from above (`make_evaluation`), so the
-trainer imports nothing of evaluation/.
+a named function of what is fixed for the run (`_RunSetup`) and what the loop changes
+(`_LoopState`) behind one predicate, `every`: log, checkpoint, sample grids, evaluate.
+Evaluation comes in from above (`make_evaluation`), so the trainer imports nothing of
+evaluation/.
 """
 
 import dataclasses
@@ -53,29 +54,35 @@ def every(step: int, n: int, last: bool) -> bool:
   return last or (n > 0 and step % n == 0)
 
 
-@dataclasses.dataclass
-class _Run:
-  """What the loop and its actions share; `state`, `data_iter`, `last_checkpoint` and `window` change."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _RunSetup:
+  """What is fixed for the whole run, built once by `_start`."""
 
   config: ml_collections.ConfigDict
   workdir: str
   method: Method
-  mesh: Any
-  keys: dict
-  state: TrainState
-  data_iter: Any
-  checkpointer: ckpt_lib.Checkpointer
-  last_checkpoint: int | None
-  writer: RunWriter
-  progress: Any
-  monitor: guards.NonFiniteMonitor
+  mesh: Any  # The device mesh.
+  keys: dict  # The root keys by use: init, train, sample, eval.
+  checkpointer: ckpt_lib.Checkpointer  # Writes checkpoints/.
+  writer: RunWriter  # Writes TensorBoard, metrics.jsonl and samples/.
+  progress: Any  # The tqdm progress bar.
+  monitor: guards.NonFiniteMonitor  # Counts skipped (non-finite) updates.
   sample: Callable  # The final grid's sampler.
   preview: Callable  # The periodic grids' sampler (the method's cheaper one, if any).
   grids: Callable | None  # The method's pictures of a fixed held-out batch, if any.
-  evaluation: Evaluation | None
-  best: ckpt_lib.BestCheckpoint | None
-  window: list = dataclasses.field(default_factory=list)
-  window_start: float = dataclasses.field(default_factory=time.perf_counter)
+  evaluation: Evaluation | None  # The periodic evaluation, if config.eval.every.
+  best: ckpt_lib.BestCheckpoint | None  # Keeps checkpoints_best/, if the evaluation has a best_metric.
+
+
+@dataclasses.dataclass(kw_only=True)
+class _LoopState:
+  """What the loop changes as it steps."""
+
+  state: TrainState  # The current train state.
+  data_iter: Any  # The training batches, from the next one to take.
+  last_checkpoint: int | None  # The step last checkpointed or restored (None: neither yet).
+  window: list = dataclasses.field(default_factory=list)  # The step metrics since the last log.
+  window_start: float = dataclasses.field(default_factory=time.perf_counter)  # When the window began.
 
 
 def _check_image_shape(source, data, method) -> None:
@@ -91,7 +98,7 @@ def _say(message: str, file=sys.stdout) -> None:
     print(message, file=file, flush=True)
 
 
-def _start(config, workdir: str, show_progress: bool, make_evaluation) -> _Run:
+def _start(config, workdir: str, show_progress: bool, make_evaluation) -> tuple[_RunSetup, _LoopState]:
   """Set-up: mesh, method, data, evaluation, and the state restored from the newest readable
   checkpoint or initialised. Nothing is written before the state exists, so a config that does
   not fit the run fails clean."""
@@ -144,54 +151,56 @@ def _start(config, workdir: str, show_progress: bool, make_evaluation) -> _Run:
                                    evaluation.higher_is_better)
   progress = tqdm.tqdm(total=config.train.steps, initial=int(state.step), unit="step", dynamic_ncols=True,
                        disable=not show_progress or jax.process_index() != 0)
-  return _Run(config, workdir, method, mesh, keys, state, data_iter, checkpointer,
-              None if restored is None else restored.step, RunWriter(workdir), progress,
-              guards.NonFiniteMonitor(config.train.max_consecutive_nonfinite), sample, preview, grids, evaluation,
-              best)
+  setup = _RunSetup(config=config, workdir=workdir, method=method, mesh=mesh, keys=keys, checkpointer=checkpointer,
+                    writer=RunWriter(workdir), progress=progress,
+                    monitor=guards.NonFiniteMonitor(config.train.max_consecutive_nonfinite), sample=sample,
+                    preview=preview, grids=grids, evaluation=evaluation, best=best)
+  loop = _LoopState(state=state, data_iter=data_iter, last_checkpoint=None if restored is None else restored.step)
+  return setup, loop
 
 
 # ---- The periodic actions. ------------------------------------------------------------------
 
-def log(run: _Run, step: int) -> None:
+def log(setup: _RunSetup, loop: _LoopState, step: int) -> None:
   """Means of the step metrics since the last log, speed and skipped updates: TensorBoard, metrics.jsonl."""
-  run.monitor.check(run.last_checkpoint)
-  fetched = jax.device_get(run.window)
+  setup.monitor.check(loop.last_checkpoint)
+  fetched = jax.device_get(loop.window)
   scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-  seconds = time.perf_counter() - run.window_start
-  scalars["steps_per_sec"] = len(run.window) / seconds
-  scalars["images_per_sec"] = len(run.window) * run.config.train.batch_size / seconds
-  scalars["skipped_updates_total"] = run.monitor.skipped_total
-  run.writer.scalars(step, scalars)
-  run.progress.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.0f}")
-  run.window, run.window_start = [], time.perf_counter()
+  seconds = time.perf_counter() - loop.window_start
+  scalars["steps_per_sec"] = len(loop.window) / seconds
+  scalars["images_per_sec"] = len(loop.window) * setup.config.train.batch_size / seconds
+  scalars["skipped_updates_total"] = setup.monitor.skipped_total
+  setup.writer.scalars(step, scalars)
+  setup.progress.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.0f}")
+  loop.window, loop.window_start = [], time.perf_counter()
 
 
-def checkpoint(run: _Run, step: int) -> None:
+def checkpoint(setup: _RunSetup, loop: _LoopState, step: int) -> None:
   """Saves the state and the data position (not during a streak of skipped updates)."""
-  run.monitor.check(run.last_checkpoint)
-  run.checkpointer.save(step, run.state, run.data_iter)
-  run.last_checkpoint = step
+  setup.monitor.check(loop.last_checkpoint)
+  setup.checkpointer.save(step, loop.state, loop.data_iter)
+  loop.last_checkpoint = step
 
 
-def sample_grids(run: _Run, step: int, last: bool) -> None:
+def sample_grids(setup: _RunSetup, state: TrainState, step: int, last: bool) -> None:
   """samples/step_<step>.png (the preview sampler, the method's own at the last step) and the method's
   pictures of a fixed held-out batch."""
-  images = (run.sample if last else run.preview)(run.state.ema_params, run.keys["sample"])
-  path = run.writer.samples(step, images)
+  images = (setup.sample if last else setup.preview)(state.ema_params, setup.keys["sample"])
+  path = setup.writer.samples(step, images)
   if path:
-    run.progress.write(f"step {step}: samples -> {path}")
-  if run.grids:
-    for name, pictures in run.grids(run.state.ema_params, run.keys["eval"]).items():
-      run.writer.grid(name, step, pictures)
+    setup.progress.write(f"step {step}: samples -> {path}")
+  if setup.grids:
+    for name, pictures in setup.grids(state.ema_params, setup.keys["eval"]).items():
+      setup.writer.grid(name, step, pictures)
 
 
-def evaluate(run: _Run, step: int) -> None:
+def evaluate(setup: _RunSetup, loop: _LoopState, step: int) -> None:
   """The periodic evaluation: its report, its numbers logged as eval/<name>, the best checkpoint kept."""
-  values, path = run.evaluation(run.state.ema_params, step)
-  run.writer.scalars(step, {f"eval/{name}": value for name, value in values.items()})
-  run.progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()) + f" -> {path}")
-  if run.best and run.best.update(step, values[run.best.metric], run.state, run.data_iter):
-    run.progress.write(f"step {step}: best {run.best.metric} so far -> {run.best.directory}")
+  values, path = setup.evaluation(loop.state.ema_params, step)
+  setup.writer.scalars(step, {f"eval/{name}": value for name, value in values.items()})
+  setup.progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()) + f" -> {path}")
+  if setup.best and setup.best.update(step, values[setup.best.metric], loop.state, loop.data_iter):
+    setup.progress.write(f"step {step}: best {setup.best.metric} so far -> {setup.best.directory}")
 
 
 # ---- The loop. ------------------------------------------------------------------------------
@@ -207,40 +216,41 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
   TrainState. Raises Preempted after checkpointing on SIGTERM/SIGINT or a preemption notice,
   and TrainingDiverged after config.train.max_consecutive_nonfinite skipped updates.
   """
-  run = _start(config, workdir, show_progress, make_evaluation)
+  setup, loop = _start(config, workdir, show_progress, make_evaluation)
   t = config.train
   debug_nans = config.debug.nans  # Keeps the pre-step state to re-run a bad step op by op.
-  train_step = steps.jit_train_step(run.method, run.mesh, jax.tree.map(lambda x: x.sharding, run.state),
+  train_step = steps.jit_train_step(setup.method, setup.mesh, jax.tree.map(lambda x: x.sharding, loop.state),
                                     config.debug.inject_nan_at_steps, donate=not debug_nans)
   try:
     with guards.StopSignal() as stop:
-      for step in range(int(run.state.step) + 1, t.steps + 1):
-        batch = mesh_lib.to_global(next(run.data_iter), run.mesh)
-        previous = run.state if debug_nans else None  # Donated (deleted) otherwise.
-        run.state, metrics = train_step(run.state, batch, run.keys["train"])
+      for step in range(int(loop.state.step) + 1, t.steps + 1):
+        batch = mesh_lib.to_global(next(loop.data_iter), setup.mesh)
+        previous = loop.state if debug_nans else None  # Donated (deleted) otherwise.
+        loop.state, metrics = train_step(loop.state, batch, setup.keys["train"])
         if debug_nans and float(metrics["nonfinite"]):
-          message = steps.first_nan_op(run.method, previous, batch, run.keys["train"], config.debug.inject_nan_at_steps)
+          message = steps.first_nan_op(setup.method, previous, batch, setup.keys["train"],
+                                       config.debug.inject_nan_at_steps)
           raise TrainingDiverged(f"step {step}", f"config.debug.nans: {message}")
-        run.window.append(metrics)
-        run.monitor.add(step, metrics)
-        run.progress.update(1)
+        loop.window.append(metrics)
+        setup.monitor.add(step, metrics)
+        setup.progress.update(1)
         last, preempted = step == t.steps, stop.requested(step)
         if every(step, t.log_every, last):
-          log(run, step)
+          log(setup, loop, step)
         if every(step, t.checkpoint_every, last or preempted):
-          checkpoint(run, step)
+          checkpoint(setup, loop, step)
         if preempted:
-          run.checkpointer.wait()
+          setup.checkpointer.wait()
           raise Preempted(f"{stop.received} at step {step}: checkpoint saved to "
-                          f"{run.checkpointer.directory}/{step}; run the same command to resume")
+                          f"{setup.checkpointer.directory}/{step}; run the same command to resume")
         if every(step, t.sample_every, last):
-          sample_grids(run, step, last)
-        if run.evaluation and every(step, run.evaluation.every, last):
-          evaluate(run, step)
+          sample_grids(setup, loop.state, step, last)
+        if setup.evaluation and every(step, setup.evaluation.every, last):
+          evaluate(setup, loop, step)
   finally:  # Finish pending checkpoint writes.
-    run.progress.close()
-    run.checkpointer.close()
-    if run.best:
-      run.best.close()
-    run.writer.close()
-  return run.state
+    setup.progress.close()
+    setup.checkpointer.close()
+    if setup.best:
+      setup.best.close()
+    setup.writer.close()
+  return loop.state
