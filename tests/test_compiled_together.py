@@ -22,9 +22,9 @@ def test_a_process_35_seconds_late_to_the_first_collective_still_meets_the_other
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "late_collective.py"), str(port), str(i),
-                             "35"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  script = os.path.join(REPO, "tests", "scripts", "late_collective.py")
+  procs = [subprocess.Popen([sys.executable, script, str(port), str(i), "35"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]

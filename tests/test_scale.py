@@ -58,15 +58,15 @@ def runs(data_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp("scale")
   datasets.open_split(tiny_config(data_dir).data, "train")  # Prepared before the processes start.
   env = dict(os.environ, GENIMG_CPU_DEVICES="4",
-             GENIMG_COMMAND=f"{sys.executable} {os.path.join(REPO, 'tests', 'distributed_train.py')} {root}")
+             GENIMG_COMMAND=f"{sys.executable} {os.path.join(REPO, 'tests', 'scripts', 'distributed_train.py')} {root}")
   two = subprocess.run([LOCAL, "2", "--config", DIGITS_CONFIG, "--workdir", str(root / "two"), "--no_progress",
                         *tiny_args(data_dir, steps=30)], env=env, cwd=REPO, capture_output=True, text=True,
                        timeout=600)
   assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
   shutil.copytree(root / "two", root / "resume")
   shutil.rmtree(root / "resume" / "checkpoints" / "30")
-  eight = subprocess.run([sys.executable, "eight_device_runs.py", data_dir, str(root), str(root / "resume")],
-                         env=dict(os.environ, JAX_NUM_CPU_DEVICES="8"), cwd=os.path.join(REPO, "tests"),
+  eight = subprocess.run([sys.executable, os.path.join(REPO, "tests", "scripts", "eight_device_runs.py"), data_dir,
+                          str(root), str(root / "resume")], env=dict(os.environ, JAX_NUM_CPU_DEVICES="8"), cwd=REPO,
                          capture_output=True, text=True, timeout=600)
   assert eight.returncode == 0, eight.stderr[-3000:]
   return root, eight.stderr

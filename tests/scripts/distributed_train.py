@@ -1,6 +1,6 @@
 """`genimg` as one process of a multi-process run, recording the data it feeds to its devices:
 
-  python tests/distributed_train.py RECORD_DIR [genimg train arguments, with the distributed flags]
+  python tests/scripts/distributed_train.py RECORD_DIR [genimg train arguments, with the distributed flags]
 
 runs `genimg train ...` and writes RECORD_DIR/process_<i>.npz: the labels [steps, local batch]
 and a checksum of each image [steps, local batch] of every local batch this process loaded.

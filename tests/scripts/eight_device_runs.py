@@ -1,6 +1,6 @@
 """Run by tests/test_scale.py in a process with 8 CPU devices (JAX_NUM_CPU_DEVICES=8):
 
-  python tests/eight_device_runs.py DATA_DIR OUT_DIR RESUME_WORKDIR
+  python tests/scripts/eight_device_runs.py DATA_DIR OUT_DIR RESUME_WORKDIR
 
 Trains the tiny config for 20 steps data parallel (mesh 8x1) and FSDP (mesh 1x8),
 then continues RESUME_WORKDIR (a run checkpointed by another number of processes)
@@ -14,6 +14,8 @@ import os
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: helpers
 
 
 def main(data_dir: str, out_dir: str, resume_workdir: str) -> None:

@@ -1,6 +1,6 @@
 """Script for test_compiled_together: one of 2 processes reaches a collective LATE_S seconds after the other.
 
-  python tests/late_collective.py PORT PROCESS_ID LATE_S
+  python tests/scripts/late_collective.py PORT PROCESS_ID LATE_S
 Prints 'sum <value>' (the all-reduced sum over both processes' devices).
 """
 
