@@ -1,4 +1,4 @@
-r"""Class-conditional DCGAN on the offline digits: projection discriminator, class embedding in G.
+r"""Class-conditional DCGAN on the offline digits: projection discriminator, class-conditional batch norm in G.
 
 Command:
   genimg train --config configs/dcgan_digits_cond.py --workdir runs/dcgan_digits_cond

@@ -4,9 +4,9 @@ Command:
   genimg train --config configs/igpt_mnist.py --workdir runs/igpt_mnist
 Hardware: sized for one GPU (bfloat16 compute); batch 64.
 Wall time: not measured yet.
-Expected result: not measured yet by this codebase. Needs an `mnist` data set
-  (28x28x1, 8-bit) registered under data.name; until one is, `train` stops with an
-  error naming config.data.name (the config itself loads and validates).
+Expected result: not measured yet by this codebase. The `mnist` catalog entry downloads the
+  data set once (`genimg data prepare --config configs/igpt_mnist.py`); until it is prepared,
+  `train` stops with an error naming config.data.name and how to prepare it.
 Model: 6.5M parameters: 8 layers, width 256, 8 heads, MLP 1024, factorized position embeddings,
   dropout 0.1; Adam 3e-4 with 2000 warm-up steps, EMA 0.999.
 """

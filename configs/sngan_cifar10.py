@@ -9,7 +9,7 @@ Command:
   genimg train --config configs/sngan_cifar10.py --workdir runs/sngan_cifar10
 Hardware: sized for one GPU or TPU host.
 Wall time: not measured on an accelerator. On a 2-core CPU one step of 5 discriminator updates
-  of 32 takes about 24 s (benchmarks/run.py, README), so the full run is impractical there.
+  of 32 takes about 24 s (benchmarks/run.py, benchmarks/README.md), so the full run is impractical there.
 Expected result: the paper reports Inception score 8.22 and FID 21.7 (ResNet, hinge loss,
   Table 3); not reproduced here (CIFAR-10 could not be downloaded where this was written).
 """

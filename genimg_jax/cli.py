@@ -41,9 +41,10 @@ def _distributed_flags() -> argparse.ArgumentParser:
   return flags
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="genimg", description=__doc__.splitlines()[0])
-  sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+  """The `genimg` command line: its subcommands and their flags."""
+  top = argparse.ArgumentParser(prog="genimg", description=__doc__.splitlines()[0])
+  sub = top.add_subparsers(dest="command", required=True)
   distributed = _distributed_flags()
 
   train = sub.add_parser("train", help="train a config; resumes if the workdir has checkpoints",
@@ -108,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
   plot = sub.add_parser("plot", help="plot a run's loss and evaluated metrics against the step (needs matplotlib)")
   plot.add_argument("--workdir", required=True)
   plot.add_argument("--out_dir", help="where the PNGs go (default: WORKDIR/plots)")
-  return parser
+  return top
 
 
 def _train(args, overrides) -> None:
@@ -243,10 +244,10 @@ def _show(config, out: str, num: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = _parser()
-  args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+  argument_parser = parser()
+  args, rest = argument_parser.parse_known_args(sys.argv[1:] if argv is None else argv)
   if args.command not in ("train", "data", "config") and rest:
-    parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    argument_parser.error(f"unrecognized arguments: {' '.join(rest)}")
   from absl import flags, logging
 
   flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags.

@@ -46,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp_min_size = 2**14
   # CPU only: how many devices the host's cores are split into (XLA:CPU runs a step on one
   # device with little intra-op parallelism, so one device per core trains most models
-  # faster, see README Benchmarks; the DCGAN digits configs pin 1). 0: one per core, reduced
+  # faster, see benchmarks/README.md; the DCGAN digits configs pin 1). 0: one per core, reduced
   # to the largest count that divides the global batch sizes and mesh.fsdp. Results are
   # bitwise reproducible for a fixed count: set it (e.g. 1) to reproduce a run on a machine
   # with another number of cores.

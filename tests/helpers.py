@@ -51,11 +51,12 @@ def tiny_config(data_dir: str, steps: int = 20, seed: int = 0):
   return config_lib.load(DIGITS_CONFIG, tiny_args(data_dir, steps, seed))
 
 
-def readme_block(first_line: str, language: str = "python") -> str:
-  """The one fenced `language` block of README.md that starts with `first_line`."""
-  text = open(os.path.join(REPO, "README.md")).read()
+def readme_block(first_line: str, language: str = "python", document: str = "README.md") -> str:
+  """The one fenced `language` block of `document` (README.md, or a guide as "docs/diffusion.md") that starts
+  with `first_line`."""
+  text = open(os.path.join(REPO, document)).read()
   blocks = re.findall(rf"```{language}\n({re.escape(first_line)}\n.*?)```", text, flags=re.S)
-  assert len(blocks) == 1, f"README must show one {language} block starting {first_line!r}"
+  assert len(blocks) == 1, f"{document} must show one {language} block starting {first_line!r}"
   return blocks[0]
 
 
