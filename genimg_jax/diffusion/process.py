@@ -27,6 +27,8 @@ class Process:
   samplers: its registry of `samplers.Sampler` records (config.sample.sampler).
   held_out(params, batch, rng) -> {metric: scalar} besides the loss, or None: ddpm's variational bound,
     the others' probability-flow ODE likelihood, both in bits/dim over 8-bit pixels.
+  loss_takes_step: the training loss is also given step= (int32 scalar, the updates applied so far), for a
+    schedule over training (consistency training's discretisation curriculum); held-out losses are not.
   """
 
   losses: Registry
@@ -34,6 +36,7 @@ class Process:
   eval_ctx: Any
   samplers: Registry
   held_out: Callable[[Any, dict, jax.Array], dict] | None = None
+  loss_takes_step: bool = False
 
   def sigma_of(self, noise_label: jax.Array) -> jax.Array:
     """The noise level in EDM's units (noise / signal ratio) at a network noise label (scalar), which

@@ -138,11 +138,13 @@ def initial_state(params: PyTree, tx) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=params)
 
 
-def loss_train_step(loss_fn, tx, learning_rate, ema_decay: float):
+def loss_train_step(loss_fn, tx, learning_rate, ema_decay: float, *, with_step: bool = False):
   """train_step(state, batch, rng) -> (state, metrics) of a method trained on one pure loss
-  loss_fn(params, batch, rng) -> (scalar, metrics): its gradient, then `gradient_step`."""
+  loss_fn(params, batch, rng) -> (scalar, metrics), or loss_fn(params, batch, rng, step) with the updates
+  applied so far (int32 scalar) when with_step: its gradient, then `gradient_step`."""
   def train_step(state: TrainState, batch, rng: jax.Array):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    args = (state.params, batch, rng) + ((state.step,) if with_step else ())
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(*args)
     return gradient_step(state, grads, dict(metrics, loss=loss), tx, learning_rate, ema_decay)
 
   return train_step

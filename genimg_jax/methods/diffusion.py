@@ -4,7 +4,9 @@ its objective with EMA, the held-out metrics, and sampling by one of the process
 
 An architecture is a function build(config, image_shape, dtype) -> flax module applied as
 module.apply(variables, x [B, H, W, C], noise_label [B], labels [B] int32 or None, train=...), which
-checks its own config fields, registered with them: `@DENOISERS.register(name, fields={...})`. With
+checks its own config fields, registered with them: `@DENOISERS.register(name, fields={...})`. A process
+whose network takes more than one time (`build.time_inputs = 2`: MeanFlow's (t, t - r), a shortcut model's
+(t, d)) gets a network with noise_label [B, 2]; the method tells the architecture in config.model.time_inputs. With
 model.num_classes > 0 the model is class-conditional: trained with label dropout (diffusion.label_dropout)
 and sampled with classifier-free guidance (sample.guidance, inside sample.guidance_interval), see
 diffusion/guidance.py.
@@ -16,7 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from genimg_jax.config import require
-from genimg_jax.diffusion import ddpm, edm, flow, guidance  # noqa: F401 (ddpm, edm, flow register their processes)
+from genimg_jax.diffusion import (  # noqa: F401 (the process modules register their processes)
+    consistency, ddpm, edm, flow, guidance, meanflow, shortcut)
 from genimg_jax.diffusion.process import PROCESSES
 from genimg_jax.diffusion.samplers import Sampler
 from genimg_jax.methods.base import (Method, compute_dtype, default_labels, initial_state, loss_train_step,
@@ -46,7 +49,8 @@ def unet(config: ml_collections.ConfigDict, image_shape, dtype) -> nn.Module:
           f"{image_shape[0]} is not divisible by the UNet's downsampling factor {down}")
   return UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, out_ch=image_shape[-1],
-              num_heads=m.num_heads, norm_groups=m.norm_groups, num_classes=m.num_classes, dtype=dtype)
+              num_heads=m.num_heads, norm_groups=m.norm_groups, num_classes=m.num_classes, time_inputs=m.time_inputs,
+              dtype=dtype)
 
 
 @DENOISERS.register("dit", fields={"patch_size": 2, "hidden_size": 384, "depth": 12,  # DiT-S/2's widths
@@ -66,6 +70,7 @@ def dit(config: ml_collections.ConfigDict, image_shape, dtype) -> nn.Module:
   require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
   return DiT(patch_size=m.patch_size, hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
              out_ch=image_shape[-1], mlp_ratio=m.mlp_ratio, num_classes=m.num_classes, dropout=m.dropout,
+             time_inputs=m.time_inputs,
              dtype=dtype)
 
 
@@ -92,6 +97,8 @@ def default_config() -> ml_collections.ConfigDict:
           "time_schedule": "uniform",
           # Class-conditional models: the probability a training label is replaced by the null label.
           "label_dropout": 0.1,
+          # the fields each other process owns (registered with it)
+          **PROCESSES.config_fields(),
           # edm, flow: the held-out bits/dim of the probability-flow ODE (dopri5, rtol = atol = 1e-5) takes
           # the divergence as Hutchinson's estimate (one Rademacher probe per image) or exactly (D
           # Jacobian-vector products per evaluation: small images only).
@@ -159,6 +166,7 @@ def make(config: ml_collections.ConfigDict) -> Method:
   m, s = config.model, config.sample
   model_builder = DENOISERS.resolve(m.arch)
   process_builder = PROCESSES.resolve(config.diffusion.process)
+  m.time_inputs = time_inputs = getattr(process_builder, "time_inputs", 1)
   dtype = compute_dtype(m.dtype)
   require(0.0 <= config.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
   _check_conditioning(config)
@@ -179,16 +187,19 @@ def make(config: ml_collections.ConfigDict) -> Method:
 
   def init(rng):
     x = jnp.zeros((1,) + image_shape, jnp.float32)
-    params = model.init({"params": rng}, x, jnp.zeros((1,), jnp.int32), train=False)["params"]
+    noise_label = jnp.zeros((1,) if time_inputs == 1 else (1, time_inputs), jnp.float32)
+    params = model.init({"params": rng}, x, noise_label, train=False)["params"]
     return initial_state(params, tx)
 
-  def train_loss(params, batch, rng):
-    """The objective; a class-conditional model sees the null label in place of a dropped one."""
+  def train_loss(params, batch, rng, step):
+    """The objective at optimizer step `step` (given to the loss when the process's losses take it); a
+    class-conditional model sees the null label in place of a dropped one."""
+    kwargs = dict(ctx=process.train_ctx, **({"step": step} if process.loss_takes_step else {}))
     if not num_classes:
-      return loss_fn(params, batch, rng, ctx=process.train_ctx)
+      return loss_fn(params, batch, rng, **kwargs)
     drop_rng, rng = jax.random.split(rng)
     labels = guidance.drop_labels(batch["label"], drop_rng, config.diffusion.label_dropout, num_classes)
-    return loss_fn(params, dict(batch, label=labels), rng, ctx=process.train_ctx)
+    return loss_fn(params, dict(batch, label=labels), rng, **kwargs)
 
   def eval_step(params, batch, rng):
     """The loss on held-out images, and the process's held-out metrics (ddpm: the bound in bits/dim)."""
@@ -221,7 +232,7 @@ def make(config: ml_collections.ConfigDict) -> Method:
     return guidance.network_passes(draw, num_classes, s.guidance, tuple(s.guidance_interval), process.sigma_of)
 
   preview = make_sample(preview_sampler, s.preview_steps) if preview_sampler else None
-  return Method(init=init, train_step=loss_train_step(train_loss, tx, learning_rate, config.ema.decay),
+  return Method(init=init, train_step=loss_train_step(train_loss, tx, learning_rate, config.ema.decay, with_step=True),
                 sample=make_sample(sampler, s.steps), eval_step=eval_step, image_shape=image_shape,
                 preview_sample=preview, num_classes=num_classes, sample_nfe=sampler.nfe(process, s),
                 count_network_passes=count_network_passes if num_classes and s.guidance != 0.0 else None)

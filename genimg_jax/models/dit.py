@@ -154,6 +154,8 @@ class DiT(nn.Module):
   is added to the noise-label embedding; the label num_classes (and labels=None) is the null
   class of classifier-free guidance. With num_classes = 0 there is no class embedding and
   labels are ignored. At initialisation the output is zero and every block the identity.
+  With time_inputs = 2, noise_label is [B, 2]: a time and a second scalar (MeanFlow's t - r, a shortcut
+  model's step size), each embedded by its own MLP and summed.
   """
 
   patch_size: int
@@ -164,6 +166,7 @@ class DiT(nn.Module):
   mlp_ratio: float = 4.0
   num_classes: int = 0
   dropout: float = 0.0
+  time_inputs: int = 1
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -180,8 +183,12 @@ class DiT(nn.Module):
                      name="patch_embed")(x.astype(self.dtype))
     tokens = tokens.reshape(b, -1, d) + jnp.asarray(sincos_pos_embedding(d, height // p, width // p), self.dtype)
 
-    c = _dense(d, "time_in", self.dtype, _SMALL_NORMAL)(layers.timestep_embedding(noise_label, TIME_FREQUENCIES))
-    c = _dense(d, "time_out", self.dtype, _SMALL_NORMAL)(nn.silu(c))
+    embeddings = []
+    for i, time in enumerate(layers.split_times(noise_label, self.time_inputs)):
+      suffix = f"_{i}" if i else ""  # the first keeps the one-time DiT's parameter names
+      e = _dense(d, f"time{suffix}_in", self.dtype, _SMALL_NORMAL)(layers.timestep_embedding(time, TIME_FREQUENCIES))
+      embeddings.append(_dense(d, f"time{suffix}_out", self.dtype, _SMALL_NORMAL)(nn.silu(e)))
+    c = sum(embeddings[1:], embeddings[0])
     if self.num_classes:
       if labels is None:
         labels = jnp.full((b,), self.num_classes, jnp.int32)

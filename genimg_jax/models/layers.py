@@ -28,6 +28,18 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
+def split_times(noise_label: jax.Array, time_inputs: int) -> list[jax.Array]:
+  """The network's times as `time_inputs` arrays [B]: noise_label itself when there is one ([B]), else its
+  columns ([B, time_inputs])."""
+  if time_inputs == 1:
+    if noise_label.ndim != 1:
+      raise ValueError(f"the network takes one time per image, [B]; got shape {noise_label.shape}")
+    return [noise_label]
+  if noise_label.ndim != 2 or noise_label.shape[1] != time_inputs:
+    raise ValueError(f"the network takes {time_inputs} times per image, [B, {time_inputs}]; got {noise_label.shape}")
+  return [noise_label[:, i] for i in range(time_inputs)]
+
+
 def zero_init_conv(features: int, kernel: int, dtype: Dtype, name: str | None = None) -> nn.Conv:
   """A conv whose weights start at zero, so a residual branch starts as the identity."""
   return nn.Conv(features, (kernel, kernel), dtype=dtype, kernel_init=nn.initializers.zeros, name=name)

@@ -21,6 +21,9 @@ class UNet(nn.Module):
   With num_classes > 0 a class embedding of labels in [0, num_classes] is added to the time
   embedding; the label num_classes (and labels=None) is the null class of classifier-free
   guidance. With num_classes = 0 labels are ignored.
+  With time_inputs = 2, t is [B, 2]: a time and a second scalar (MeanFlow's t - r, a shortcut model's
+  step size), each embedded by its own MLP and summed; with 1, t is [B] and the parameters are those
+  of a one-time UNet.
   """
 
   ch: int
@@ -32,6 +35,7 @@ class UNet(nn.Module):
   num_heads: int = 1
   norm_groups: int = 32
   num_classes: int = 0
+  time_inputs: int = 1
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -39,9 +43,13 @@ class UNet(nn.Module):
     block = lambda ch: layers.ResBlock(ch, self.dropout, self.norm_groups, self.dtype)
     attn = lambda: layers.AttnBlock(self.num_heads, self.norm_groups, self.dtype)
 
-    temb = layers.timestep_embedding(t, self.ch)
+    times = layers.split_times(t, self.time_inputs)
+    temb = layers.timestep_embedding(times[0], self.ch)
     temb = nn.Dense(4 * self.ch, dtype=self.dtype)(temb)
     temb = nn.Dense(4 * self.ch, dtype=self.dtype)(nn.silu(temb))
+    for i, extra in enumerate(times[1:], start=1):
+      e = nn.Dense(4 * self.ch, dtype=self.dtype, name=f"time_{i}_in")(layers.timestep_embedding(extra, self.ch))
+      temb = temb + nn.Dense(4 * self.ch, dtype=self.dtype, name=f"time_{i}_out")(nn.silu(e))
     if self.num_classes:
       if labels is None:
         labels = jnp.full(x.shape[:1], self.num_classes, jnp.int32)
