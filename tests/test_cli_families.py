@@ -1,6 +1,7 @@
 """Every family's digits config through the real `genimg` command, as a user runs it.
 
-For ddpm, edm_dit (EDM with a DiT), flow_cond (class-conditional, guided), vae, dcgan, dcgan_cond and igpt:
+For ddpm, edm_dit (EDM with a DiT), flow_cond (class-conditional, guided), the one-step meanflow_cond,
+consistency and shortcut, vae, dcgan, dcgan_cond and igpt:
 `genimg train` a few steps, train again (it resumes), `genimg sample`, `genimg eval`, `genimg data show`, `genimg config
 show` and `genimg plot`. Each must exit 0 with no traceback and write what it promises; a command that
 does not apply to a family exits 2 with one line saying so. The configs are the digits demos shrunk to
@@ -43,6 +44,11 @@ FAMILIES = {
                                                   "model.num_heads": 2}), "fid,bpd"),
     # The conditional flow covers the unconditional one, with guidance and the SDE sampler on top.
     "flow_cond": ("flow_digits_cond", dict(SMALL_UNET, **{"sample.sampler": "euler_maruyama"}), "fid,acc,bpd"),
+    # The one-step processes: MeanFlow class-conditional (two time inputs, guidance folded into training),
+    # consistency training and a shortcut model, each sampled in one network evaluation.
+    "meanflow_cond": ("meanflow_digits_cond", SMALL_UNET, "fid,acc,bpd"),
+    "consistency": ("consistency_digits", SMALL_UNET, "fid"),
+    "shortcut": ("shortcut_digits", dict(SMALL_UNET, **{"sample.steps": 2}), "fid,bpd"),  # steps: a power of two
     "dcgan": ("dcgan_digits", SMALL_GAN, None),
     "dcgan_cond": ("dcgan_digits_cond", SMALL_GAN, "fid,is"),
     "igpt": ("igpt_digits", {"data.image_size": 8, "model.num_layers": 1, "model.width": 16, "model.num_heads": 2,
