@@ -4,6 +4,7 @@ r"""The benchmark suite: every family's train step and samplers, next to PyTorch
   python benchmarks/run.py --configs ddpm_digits,vae_digits --torch eager,compile
   python benchmarks/run.py --configs edm_cifar10,flow_cifar10,dit_cifar10   # the diffusion processes and the DiT
   python benchmarks/run.py --quick                # a smoke run of the whole suite, about a minute on a CPU
+  python benchmarks/run.py --gpu_suite --dtypes bfloat16,float32 --jobs 3 --budget_s 420   # benchmarks/gpu.sh
 
 For each config, each measurement in a fresh subprocess (so peak memory and threads are its own):
 - ours: the train step's compile seconds and images/s after compile (median of timed windows,
@@ -17,16 +18,24 @@ For each config, each measurement in a fresh subprocess (so peak memory and thre
   eagerly and under torch.compile (--torch), with ours/torch ratios in the table.
 Batches are synthetic (uniform noise in [-1, 1], and uniform labels for a class-conditional model), so
 the input pipeline is not timed here
-(benchmarks/data_speed.py). Prints markdown tables and writes JSON (--out).
+(benchmarks/data_speed.py). Prints markdown tables and writes JSON (--out) and the tables (--markdown), both
+rewritten after each config, so that a run cut short keeps what it measured.
+--jobs N runs N measurements at once: their start-up and torch.compile's compilation overlap, while a lock keeps
+the sections that time or autotune on the device one at a time (DeviceLock).
 """
 
 import argparse
+import concurrent.futures
+import contextlib
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,6 +118,13 @@ QUICK_OVERRIDES = {
 }
 # --quick's sampler variants where not the defaults: one that doubles the NFE (Heun) and the passes (guidance).
 QUICK_SAMPLERS = {"dit_digits_cond": ["flow-heun-25-guided"]}
+# --gpu_suite (benchmarks/gpu.sh): the accelerator-sized configs, name -> (batch on one GPU, its sampler). The
+# configs' own batches, but igpt_cifar10's is its 64 over 8 GPUs (in float32 XLA's attention holds [8, 8 heads,
+# 3072, 3072] scores, 2.4 GB a layer). edm_cifar10 and flow_cifar10 train ddpm_cifar10's UNet, whose step cost
+# the process does not change (benchmarks/README.md), and their samplers cost NFE network passes: left out.
+GPU_SUITE = {"ddpm_cifar10": (128, ["ddim-50"]), "dit_cifar10": (256, ["flow-heun-25"]),
+             "igpt_cifar10": (8, ["cached"]), "sngan_cifar10": (5 * 64, ["generator"]),
+             "vae_cifar10": (128, ["vae-sample"])}
 
 
 def load_config(name: str, overrides: dict):
@@ -170,6 +186,28 @@ def _median_call_s(fn, *args, budget_s: float = 2.0, max_calls: int = 10) -> flo
   return statistics.median(seconds)
 
 
+class DeviceLock:
+  """--jobs' lock on the device: an exclusive flock on a file around each section that times or autotunes work
+  there (our compiles too: XLA times candidate kernels on the device), so that concurrent measurements overlap
+  only their start-up and torch.compile's compilation. No path (--jobs 1): no lock."""
+
+  def __init__(self, path: str | None):
+    self.path, self.waited_s = path, 0.0
+
+  @contextlib.contextmanager
+  def held(self):
+    if not self.path:
+      yield
+      return
+    import fcntl
+
+    with open(self.path, "a") as f:  # closing the file releases the lock
+      start = time.perf_counter()
+      fcntl.flock(f, fcntl.LOCK_EX)
+      self.waited_s += time.perf_counter() - start
+      yield
+
+
 def peak_flops(dtype: str, size: int, repeats: int = 5) -> float:
   """FLOP/s of a [size, size] @ [size, size] matmul in `dtype` on the default device (best of repeats)."""
   import jax
@@ -183,7 +221,7 @@ def peak_flops(dtype: str, size: int, repeats: int = 5) -> float:
 
 
 def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int, samplers: list[str],
-                 sample_num: int) -> dict:
+                 sample_num: int, lock: DeviceLock = DeviceLock(None)) -> dict:
   """Our train step and samplers for one config, in this process; returns a row."""
   import jax
 
@@ -206,47 +244,48 @@ def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int
       "label": jax.device_get(jax.random.randint(label_rng, (batch_size,), 0, max(method.num_classes, 1)))}, mesh)
 
   train_step = steps.jit_train_step(method, mesh, mesh_lib.replicated(mesh))
-  start = time.perf_counter()
-  lowered = train_step.jitted.lower(state, batch, keys["train"])
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - start
-  # The compiled program is one device's share of the batch. Custom calls (cuDNN convolutions,
-  # fused attention) may count no FLOPs after compilation: then the unoptimised program's count stands in.
-  flops = (compiled.cost_analysis() or {}).get("flops", 0.0) * jax.device_count()
-  flops_source = "compiled"
-  lowered_flops = (lowered.cost_analysis() or {}).get("flops", 0.0)
-  if flops < 0.5 * lowered_flops:
-    flops, flops_source = lowered_flops, "lowered"
-  (state, _), _ = _sync_timer(compiled, state, batch, keys["train"])  # warm-up step, untimed
-  seconds = []
-  for _ in range(windows):
+  with lock.held():
     start = time.perf_counter()
-    for _ in range(steps_per_window):
-      state, metrics = compiled(state, batch, keys["train"])
-    jax.block_until_ready((state, metrics))
-    seconds.append((time.perf_counter() - start) / steps_per_window)
-  step_s = statistics.median(seconds)
-  row = {"config": name, "family": config.method, "overrides": {k: str(v) for k, v in overrides.items()},
-         "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-         "num_devices": jax.device_count(), "dtype": config.model.dtype, "params": int(num_params),
-         "batch_size": batch_size, "image_shape": list(method.image_shape), "train_compile_s": compile_s,
-         "train_step_s": step_s, "train_images_per_s": batch_size / step_s,
-         "flops_per_image": flops / batch_size, "flops_source": flops_source,
-         "achieved_flops_per_s": flops / step_s, "samplers": {}}
-  if config.method == "autoregressive":
-    row["flops_per_image_by_hand"] = transformer_flops_per_image(config)
+    lowered = train_step.jitted.lower(state, batch, keys["train"])
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+    # The compiled program is one device's share of the batch. Custom calls (cuDNN convolutions,
+    # fused attention) may count no FLOPs after compilation: then the unoptimised program's count stands in.
+    flops = (compiled.cost_analysis() or {}).get("flops", 0.0) * jax.device_count()
+    flops_source = "compiled"
+    lowered_flops = (lowered.cost_analysis() or {}).get("flops", 0.0)
+    if flops < 0.5 * lowered_flops:
+      flops, flops_source = lowered_flops, "lowered"
+    (state, _), _ = _sync_timer(compiled, state, batch, keys["train"])  # warm-up step, untimed
+    seconds = []
+    for _ in range(windows):
+      start = time.perf_counter()
+      for _ in range(steps_per_window):
+        state, metrics = compiled(state, batch, keys["train"])
+      jax.block_until_ready((state, metrics))
+      seconds.append((time.perf_counter() - start) / steps_per_window)
+    step_s = statistics.median(seconds)
+    row = {"config": name, "family": config.method, "overrides": {k: str(v) for k, v in overrides.items()},
+           "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform, "jax": jax.__version__,
+           "num_devices": jax.device_count(), "dtype": config.model.dtype, "deterministic": config.deterministic,
+           "params": int(num_params), "batch_size": batch_size, "image_shape": list(method.image_shape),
+           "train_compile_s": compile_s, "train_step_s": step_s, "train_images_per_s": batch_size / step_s,
+           "flops_per_image": flops / batch_size, "flops_source": flops_source,
+           "achieved_flops_per_s": flops / step_s, "samplers": {}}
+    if config.method == "autoregressive":
+      row["flops_per_image_by_hand"] = transformer_flops_per_image(config)
 
-  for spec in samplers:
-    variant = load_config(name, dict(overrides, **SAMPLE_VARIANTS[spec]))
-    variant_method = methods.make(variant)
-    sample = jax.jit(variant_method.sample, static_argnums=2)
-    start = time.perf_counter()
-    compiled_sample = sample.lower(state.ema_params, keys["sample"], sample_num).compile()
-    sample_compile_s = time.perf_counter() - start
-    sample_s = _median_call_s(compiled_sample, state.ema_params, keys["sample"])
-    row["samplers"][spec] = {"num": sample_num, "compile_s": sample_compile_s, "seconds": sample_s,
-                             "images_per_s": sample_num / sample_s, "nfe": variant_method.sample_nfe,
-                             "network_passes": variant_method.sample_network_passes}
+    for spec in samplers:
+      variant = load_config(name, dict(overrides, **SAMPLE_VARIANTS[spec]))
+      variant_method = methods.make(variant)
+      sample = jax.jit(variant_method.sample, static_argnums=2)
+      start = time.perf_counter()
+      compiled_sample = sample.lower(state.ema_params, keys["sample"], sample_num).compile()
+      sample_compile_s = time.perf_counter() - start
+      sample_s = _median_call_s(compiled_sample, state.ema_params, keys["sample"])
+      row["samplers"][spec] = {"num": sample_num, "compile_s": sample_compile_s, "seconds": sample_s,
+                               "images_per_s": sample_num / sample_s, "nfe": variant_method.sample_nfe,
+                               "network_passes": variant_method.sample_network_passes}
 
   stats = jax.devices()[0].memory_stats()
   if stats and "peak_bytes_in_use" in stats:
@@ -257,7 +296,8 @@ def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int
   return row
 
 
-def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per_window: int) -> dict:
+def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per_window: int,
+                  lock: DeviceLock = DeviceLock(None)) -> dict:
   """The torch reference's train step for one config, eager or compiled, in this process."""
   import torch
 
@@ -265,6 +305,8 @@ def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per
 
   config = load_config(name, overrides)
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  if device.type == "cuda":
+    torch.set_float32_matmul_precision("high")  # TF32, as XLA's float32 matmuls on a GPU; cuDNN's convs use it anyway
   reference = torch_reference.build(config.method, config, device, compile=mode == "compile")
   shape = (config.train.batch_size, config.data.image_size, config.data.image_size, config.data.channels)
   generator = torch.Generator(device="cpu").manual_seed(0)
@@ -279,25 +321,47 @@ def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per
     return time.perf_counter() - start
 
   compile_s = run(1)  # the first step: torch.compile's compilation, or eager warm-up
-  run(1)
-  step_s = statistics.median(run(steps_per_window) / steps_per_window for _ in range(windows))
+  with lock.held():
+    run(1)
+    step_s = statistics.median(run(steps_per_window) / steps_per_window for _ in range(windows))
   peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
   # The file that defines the (first) network: named if the parameter counts differ.
   module = type(next(iter(reference.modules.values()))).__module__.rsplit(".", 1)[-1]
   return {"mode": mode, "torch": torch.__version__, "device": str(device), "params": reference.num_params,
-          "module": module, "first_step_s": compile_s, "train_step_s": step_s,
-          "train_images_per_s": config.train.batch_size / step_s, "peak_memory_MiB": peak}
+          "float32_matmul": torch.get_float32_matmul_precision(), "module": module, "first_step_s": compile_s,
+          "train_step_s": step_s, "train_images_per_s": config.train.batch_size / step_s, "peak_memory_MiB": peak}
 
 
-def _child(args: list[str]) -> dict:
-  """Runs this script with `args` in a fresh process; returns the JSON it prints after 'ROW '."""
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  result = subprocess.run([sys.executable, os.path.abspath(__file__)] + args, capture_output=True, text=True,
-                          cwd=REPO, env=env)
-  if result.returncode:
-    sys.exit(f"benchmark step {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-  return json.loads(next(l for l in result.stdout.splitlines() if l.startswith("ROW "))[4:])
+class MeasurementFailed(Exception):
+  """A measurement's process failed ("failed") or outlasted --budget_s ("timeout")."""
+
+  def __init__(self, status: str, message: str):
+    super().__init__(message)
+    self.status = status
+
+
+def _child(job: dict, timeout: float | None = None, env: dict | None = None) -> dict:
+  """Runs this script on `job` (see --child) in a fresh process; returns the JSON it prints after 'ROW '.
+
+  `env`: defaults for the process's environment. With a timeout the process leads its own process group, so that
+  torch.compile's workers are killed with it.
+  """
+  args = ["--child", json.dumps(job)]
+  env = dict(env or {}, **os.environ)
+  env["PYTHONPATH"] = REPO + os.pathsep + os.environ.get("PYTHONPATH", "")
+  proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)] + args, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=REPO, env=env, start_new_session=timeout is not None)
+  try:
+    stdout, stderr = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+      os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    raise MeasurementFailed("timeout", f"benchmark step {' '.join(args)} stopped at the end of --budget_s")
+  if proc.returncode:
+    raise MeasurementFailed("failed", f"benchmark step {' '.join(args)} failed:\n{stderr[-3000:]}")
+  return json.loads(next(l for l in stdout.splitlines() if l.startswith("ROW "))[4:])
 
 
 def require_same_params(name: str, module: str, ours: int, reference: int) -> None:
@@ -331,7 +395,8 @@ def train_table(rows: list[dict], torch_modes: list[str]) -> str:
       gflop += f" (by hand {r['flops_per_image_by_hand'] / 1e9:.3g})"
     cells = [r["config"], r["dtype"], f"{r['params'] / 1e6:.2f}M", str(r["batch_size"]),
              _rate(r["train_images_per_s"]), f"{1000 * r['train_step_s']:.0f}", f"{r['train_compile_s']:.1f}",
-             gflop, f"{100 * r['mfu']:.1f}%", f"{r['peak_memory_MiB']:.0f} ({r['peak_memory_kind']})"]
+             gflop, f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-",
+             f"{r['peak_memory_MiB']:.0f} ({r['peak_memory_kind']})"]
     for mode in torch_modes:
       t = r["torch"].get(mode)
       cells += [_rate(t["train_images_per_s"]), f"{r['train_images_per_s'] / t['train_images_per_s']:.2f}"] \
@@ -343,12 +408,15 @@ def train_table(rows: list[dict], torch_modes: list[str]) -> str:
 def sample_table(rows: list[dict]) -> str:
   """One line per sampler: NFE and network passes per image, images/s, and network img/s = img/s x
   passes (for a diffusion sampler the network's throughput in images, to set against the train step's)."""
-  lines = ["| config | sampler | NFE | passes/img | images | img/s | network img/s | compile s |",
-           "|---|---|---|---|---|---|---|---|"]
+  by_dtype = len({r["dtype"] for r in rows}) > 1  # a dtype column where rows differ in it
+  head = ["config"] + ["dtype"] * by_dtype + ["sampler", "NFE", "passes/img", "images", "img/s", "network img/s",
+                                              "compile s"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     for spec, s in r["samplers"].items():
       passes = s["network_passes"]
-      lines.append(f"| {r['config']} | {spec} | {s['nfe']} | {passes} | {s['num']} | "
+      config = f"{r['config']} | {r['dtype']}" if by_dtype else r["config"]
+      lines.append(f"| {config} | {spec} | {s['nfe']} | {passes} | {s['num']} | "
                    f"{_rate(s['images_per_s'])} | {_rate(s['images_per_s'] * passes)} | {s['compile_s']:.1f} |")
   return "\n".join(lines)
 
@@ -361,51 +429,114 @@ def _torch_available() -> bool:
   return True
 
 
+def _time_note(result: dict) -> str:
+  """Where a measurement's seconds went, for the running log: compiles, torch's first step, waiting for the device."""
+  parts = []
+  if "train_compile_s" in result:
+    parts.append(f"train step compile {result['train_compile_s']:.1f} s")
+    parts += [f"{spec} compile {s['compile_s']:.1f} s" for spec, s in result["samplers"].items()]
+  if "first_step_s" in result:
+    parts.append(f"first step {result['first_step_s']:.1f} s")
+  if result.get("device_wait_s"):
+    parts.append(f"waited {result['device_wait_s']:.1f} s for the device")
+  return ", ".join(parts)
+
+
+def report_markdown(rows: list[dict], torch_modes: list[str], peaks: dict, incomplete: list[dict]) -> str:
+  """The printed tables (--markdown), and a line naming the measurements that failed or were skipped."""
+  parts = [train_table(rows, torch_modes), sample_table(rows),
+           "peak FLOP/s (matmul): " + ", ".join(f"{d} {p['flops_per_s'] / 1e12:.3g} TFLOP/s (n={p['matmul_size']})"
+                                                for d, p in peaks.items())]
+  if incomplete:
+    parts.append("not measured: " + "; ".join(f"{i['dtype']} {i['config']} {i['measurement']} ({i['status']})"
+                                              for i in incomplete))
+  return "\n\n".join(parts)
+
+
+def _write(path: str, text: str) -> str:
+  """Writes `text` to `path` (relative to the repository unless absolute); returns the absolute path."""
+  path = path if os.path.isabs(path) else os.path.join(REPO, path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.write(text)
+  return path
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--configs", help="comma-separated configs (default: every family's pair in FAMILY_CONFIGS)")
-  parser.add_argument("--batch_size", type=int, help="for every config (default: 32, or DEFAULT_BATCH_SIZES)")
-  parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype for every config "
-                      "(default: each config's model.dtype)")
-  parser.add_argument("--windows", type=int, default=5)
+  parser.add_argument("--configs", help="comma-separated configs (default: every family's pair in FAMILY_CONFIGS; "
+                      "with --quick or --gpu_suite, a subset of theirs)")
+  parser.add_argument("--batch_size", type=int, help="for every config (default: 32, or DEFAULT_BATCH_SIZES; "
+                      "GPU_SUITE's with --gpu_suite)")
+  parser.add_argument("--dtypes", "--dtype", help="comma-separated compute dtypes (float32, bfloat16), a pass over "
+                      "every config for each, in this order (default: each config's model.dtype)")
+  parser.add_argument("--windows", type=int, help="timed windows of the train step (default 5; 3 with --gpu_suite)")
   parser.add_argument("--steps_per_window", type=int, default=5)
   parser.add_argument("--samplers", help="comma-separated names from SAMPLE_VARIANTS for every config "
-                      "(default: each config's default_samplers; '' for none)")
-  parser.add_argument("--sample_num", type=int, default=16)
-  parser.add_argument("--torch", default="eager,compile", help="torch reference modes: eager, compile; '' for none")
+                      "(default: each config's default_samplers, or GPU_SUITE's; '' for none)")
+  parser.add_argument("--sample_num", type=int, help="images per sampler call (default 16; 64 with --gpu_suite)")
+  parser.add_argument("--torch", help="torch reference modes: eager, compile; '' for none (default: both; eager "
+                      "with --quick)")
   parser.add_argument("--peak_size", type=int, help="matmul size of the peak-FLOP/s measurement "
                       "(default: 8192 on an accelerator, 2048 on a CPU)")
   parser.add_argument("--quick", action="store_true", help="the demo configs shrunk (QUICK_OVERRIDES), one window "
                       "of 2 steps, 2 images per sampler (QUICK_SAMPLERS), torch eager only: checks the suite end "
                       "to end")
+  parser.add_argument("--gpu_suite", action="store_true", help="GPU_SUITE's configs, batches and samplers (the "
+                      "samplers in the first of --dtypes only)")
+  parser.add_argument("--jobs", type=int, default=1, help="measurements at once, their device sections one at a "
+                      "time (DeviceLock)")
+  parser.add_argument("--budget_s", type=float, help="wall-clock budget: a measurement still running then is "
+                      "stopped, those not started are skipped, and the report names them")
+  parser.add_argument("--keep_going", action="store_true", help="record a failed measurement in the report and go "
+                      "on (the run still exits non-zero at the end)")
   parser.add_argument("--out", default="benchmarks/results/run.json")
+  parser.add_argument("--markdown", help="also write the printed tables to this file")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
 
   if args.child:  # A measurement in this fresh process: print its result as JSON.
     job = json.loads(args.child)
+    lock = DeviceLock(job.get("lock"))
     if job["kind"] == "peak":
-      result = {"flops_per_s": peak_flops(job["dtype"], job["size"])}
+      import jax
+
+      size = job["size"] or (2048 if jax.default_backend() == "cpu" else 8192)
+      with lock.held():
+        result = {"flops_per_s": peak_flops(job["dtype"], size), "matmul_size": size}
     elif job["kind"] == "ours":
       result = measure_ours(job["config"], job["overrides"], job["windows"], job["steps_per_window"],
-                            job["samplers"], job["sample_num"])
+                            job["samplers"], job["sample_num"], lock)
     else:
-      result = measure_torch(job["config"], job["overrides"], job["mode"], job["windows"], job["steps_per_window"])
+      result = measure_torch(job["config"], job["overrides"], job["mode"], job["windows"], job["steps_per_window"],
+                             lock)
+    result["device_wait_s"] = lock.waited_s
     print("ROW " + json.dumps(result))
     return
 
-  if args.quick:
-    names = list(QUICK_OVERRIDES)
-    args.windows, args.steps_per_window, args.sample_num = 1, 2, 2
-    args.torch = "eager" if args.torch == parser.get_default("torch") else args.torch
+  if args.quick and args.gpu_suite:
+    sys.exit("--quick and --gpu_suite: choose one")
+  suite = QUICK_OVERRIDES if args.quick else GPU_SUITE if args.gpu_suite else None
+  if args.configs:
+    names = args.configs.split(",")
+    if suite and set(names) - set(suite):
+      sys.exit(f"--configs: {sorted(set(names) - set(suite))} not in the suite's {list(suite)}")
   else:
-    names = args.configs.split(",") if args.configs else [n for pair in FAMILY_CONFIGS.values() for n in pair]
+    names = list(suite) if suite else [n for pair in FAMILY_CONFIGS.values() for n in pair]
+  if args.quick:
+    args.windows, args.steps_per_window, args.sample_num = 1, 2, 2
+  args.windows = args.windows or (3 if args.gpu_suite else 5)
+  args.torch = args.torch if args.torch is not None else "eager" if args.quick else "eager,compile"
+  args.sample_num = args.sample_num or (64 if args.gpu_suite else 16)
+  dtypes = args.dtypes.split(",") if args.dtypes else [None]
   unknown = [v for v in (args.samplers or "").split(",") if v and v not in SAMPLE_VARIANTS]
   torch_modes = [m for m in args.torch.split(",") if m]
   if unknown:
     sys.exit(f"--samplers: unknown variant(s) {unknown}; known: {sorted(SAMPLE_VARIANTS)}")
   if any(m not in ("eager", "compile") for m in torch_modes):
     sys.exit(f"--torch: modes are eager and compile, got {args.torch!r}")
+  if args.dtypes and any(d not in ("float32", "bfloat16") for d in dtypes):
+    sys.exit(f"--dtypes: each is float32 or bfloat16, got {args.dtypes!r}")
   if torch_modes and not _torch_available():
     print("torch is not installed (pip install -e '.[bench]'): no torch columns", file=sys.stderr)
     torch_modes = []
@@ -413,48 +544,115 @@ def main() -> None:
   if loadavg_before and float(loadavg_before[0]) > 0.5:
     print(f"warning: load average {loadavg_before[0]} before starting: timings may be low", file=sys.stderr)
 
-  peaks, rows = {}, []
-  for name in names:
-    overrides = dict(QUICK_OVERRIDES.get(name, {}) if args.quick else {})
-    overrides["train.batch_size"] = args.batch_size or DEFAULT_BATCH_SIZES.get(name, 32)
-    if args.dtype:
-      overrides["model.dtype"] = args.dtype
-    config = load_config(name, overrides)
-    if args.samplers is not None:
-      samplers = args.samplers.split(",")
-    elif args.quick and name in QUICK_SAMPLERS:
-      samplers = QUICK_SAMPLERS[name]
-    else:
-      samplers = default_samplers(config)
-    common = {"config": name, "overrides": overrides, "windows": args.windows,
-              "steps_per_window": args.steps_per_window}
-    row = _child(["--child", json.dumps(dict(common, kind="ours", samplers=[s for s in samplers if s],
-                                             sample_num=args.sample_num))])
-    if row["dtype"] not in peaks:
-      size = args.peak_size or (1024 if args.quick else 2048 if row["platform"] == "cpu" else 8192)
-      peaks[row["dtype"]] = _child(["--child", json.dumps({"kind": "peak", "dtype": row["dtype"], "size": size})])
-      peaks[row["dtype"]]["matmul_size"] = size
-    row["peak_flops_per_s"] = peaks[row["dtype"]]["flops_per_s"]
-    row["mfu"] = row["achieved_flops_per_s"] / row["peak_flops_per_s"]
-    row["torch"] = {}
-    for mode in torch_modes:
-      result = _child(["--child", json.dumps(dict(common, kind="torch", mode=mode))])
-      require_same_params(name, result["module"], row["params"], result["params"])
-      row["torch"][mode] = result
-    rows.append(row)
-    print(f"measured {name}", file=sys.stderr)
+  start = time.monotonic()
+  stop = threading.Event()  # set by a failure without --keep_going: nothing more starts
+  lock_dir = tempfile.TemporaryDirectory()
+  lock_path = os.path.join(lock_dir.name, "device.lock") if args.jobs > 1 else None
+  # Concurrent processes share the device and the cores: JAX then allocates as it goes rather than 75% of the
+  # device up front, and torch.compile's workers take a share of the cores, leaving some to the one being timed.
+  env = ({"XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+          "TORCHINDUCTOR_COMPILE_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))} if args.jobs > 1 else {})
 
-  print(train_table(rows, torch_modes))
-  print()
-  print(sample_table(rows))
-  print("\npeak FLOP/s (matmul): " + ", ".join(f"{d} {p['flops_per_s'] / 1e12:.3g} TFLOP/s (n={p['matmul_size']})"
-                                               for d, p in peaks.items()))
-  report = {"loadavg_before": loadavg_before, "loadavg_after": _loadavg(), "peak": peaks, "rows": rows}
-  out = os.path.join(REPO, args.out) if not os.path.isabs(args.out) else args.out
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(report, f, indent=2)
-  print(f"wrote {out}", file=sys.stderr)
+  def measure(label: str, job: dict) -> dict:
+    """One measurement in its own process unless the budget is spent or a failure stopped the run; logs the
+    running elapsed time. Returns {"result": ...} or {"status": ..., "error": ...}."""
+    if stop.is_set():
+      return {"status": "skipped", "error": "an earlier measurement failed"}
+    remaining = args.budget_s - (time.monotonic() - start) if args.budget_s else None
+    if remaining is not None and remaining <= 0:
+      return {"status": "skipped", "error": f"--budget_s {args.budget_s:g} spent"}
+    began = time.monotonic()
+    try:
+      outcome = {"result": _child(dict(job, lock=lock_path), remaining, env)}
+      note = _time_note(outcome["result"])
+    except MeasurementFailed as e:
+      if e.status == "failed" and not args.keep_going:
+        stop.set()
+      outcome, note = {"status": e.status, "error": str(e)}, e.status
+    print(f"[{time.monotonic() - start:5.0f} s] {label}: {time.monotonic() - began:.1f} s" + (f" ({note})" if note
+          else ""), file=sys.stderr, flush=True)
+    return outcome
+
+  peaks, rows, incomplete = {}, [], []
+
+  def outcome_of(future, **where) -> dict | None:
+    """The future's result, or None after recording why not (and exiting on a failure without --keep_going)."""
+    outcome = future.result()
+    if "result" in outcome:
+      return outcome["result"]
+    incomplete.append(dict(where, status=outcome["status"], error=outcome["error"][-3000:]))
+    if outcome["status"] == "failed" and not args.keep_going:
+      sys.exit(outcome["error"])
+    return None
+
+  def write_report() -> str:
+    report = {"loadavg_before": loadavg_before, "loadavg_after": _loadavg(), "elapsed_s": time.monotonic() - start,
+              "peak": peaks, "rows": rows, "incomplete": incomplete}
+    if args.markdown:
+      _write(args.markdown, report_markdown(rows, torch_modes, peaks, incomplete) + "\n")
+    return _write(args.out, json.dumps(report, indent=2))
+
+  pool = concurrent.futures.ThreadPoolExecutor(args.jobs)
+  try:
+    peak_futures, groups = {}, []  # in order of priority: the pool starts them in this order
+    for dtype in dtypes:
+      for name in names:
+        overrides = dict(QUICK_OVERRIDES.get(name, {}) if args.quick else {})
+        overrides["train.batch_size"] = (args.batch_size or (GPU_SUITE[name][0] if args.gpu_suite else None)
+                                         or DEFAULT_BATCH_SIZES.get(name, 32))
+        if dtype:
+          overrides["model.dtype"] = dtype
+        config = load_config(name, overrides)
+        compute = config.model.dtype
+        if args.samplers is not None:
+          samplers = args.samplers.split(",")
+        elif args.quick and name in QUICK_SAMPLERS:
+          samplers = QUICK_SAMPLERS[name]
+        elif args.gpu_suite:  # sampling speed in one dtype: the other's sampler compiles would cost about a minute
+          samplers = GPU_SUITE[name][1] if dtype == dtypes[0] else []
+        else:
+          samplers = default_samplers(config)
+        if compute not in peak_futures:
+          peak_futures[compute] = pool.submit(measure, f"{compute} peak matmul",
+                                              {"kind": "peak", "dtype": compute, "size": args.peak_size or
+                                               (1024 if args.quick else None)})
+        common = {"config": name, "overrides": overrides, "windows": args.windows,
+                  "steps_per_window": args.steps_per_window}
+        ours = pool.submit(measure, f"{compute} {name} ours",
+                           dict(common, kind="ours", samplers=[s for s in samplers if s], sample_num=args.sample_num))
+        modes = {mode: pool.submit(measure, f"{compute} {name} torch {mode}", dict(common, kind="torch", mode=mode))
+                 for mode in torch_modes}
+        groups.append((name, compute, ours, modes))
+
+    for name, dtype, ours, modes in groups:
+      if dtype in peak_futures:
+        peak = outcome_of(peak_futures.pop(dtype), config="matmul", dtype=dtype, measurement="peak")
+        if peak:
+          peaks[dtype] = peak
+      row = outcome_of(ours, config=name, dtype=dtype, measurement="ours")
+      results = {mode: outcome_of(f, config=name, dtype=dtype, measurement=f"torch {mode}")
+                 for mode, f in modes.items()}
+      if row:
+        peak = peaks.get(dtype)
+        row["peak_flops_per_s"] = peak["flops_per_s"] if peak else None
+        row["mfu"] = row["achieved_flops_per_s"] / peak["flops_per_s"] if peak else None
+        row["torch"] = {}
+        for mode, result in results.items():
+          if result:
+            require_same_params(name, result["module"], row["params"], result["params"])
+            result["ours_per_torch"] = row["train_images_per_s"] / result["train_images_per_s"]
+            row["torch"][mode] = result
+        rows.append(row)
+      write_report()
+  finally:
+    pool.shutdown(cancel_futures=True)
+    lock_dir.cleanup()
+
+  print(report_markdown(rows, torch_modes, peaks, incomplete))
+  print(f"wrote {write_report()} in {time.monotonic() - start:.0f} s", file=sys.stderr)
+  failed = [f"{i['dtype']} {i['config']} {i['measurement']}" for i in incomplete if i["status"] == "failed"]
+  if failed:
+    sys.exit(f"{len(failed)} measurement(s) failed: {', '.join(failed)} (errors in the report's 'incomplete')")
 
 
 if __name__ == "__main__":

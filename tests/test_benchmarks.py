@@ -42,6 +42,29 @@ def test_quick_benchmark_produces_every_row(tmp_path):
     assert table_head in result.stdout
 
 
+def test_the_gpu_script_runs_its_tiny_version_on_the_cpu(tmp_path):
+  """benchmarks/gpu.sh with GPU_SH_QUICK (--quick's igpt_digits, 3 measurements at once) on the CPU: both dtypes
+  in one JSON next to torch, and the tables as markdown; without GPU_SH_ALLOW_CPU it stops before measuring.
+  Torch eager only: torch.compile takes 20 s to 3 minutes a model on a 2-core CPU."""
+  script = os.path.join(REPO, "benchmarks", "gpu.sh")
+  env = dict(os.environ, OUT=str(tmp_path), GPU_SH_QUICK="1", PYTHON=sys.executable)
+  env.pop("GPU_SH_ALLOW_CPU", None)
+  refused = subprocess.run(["bash", script], capture_output=True, text=True, env=env)
+  assert refused.returncode != 0 and "gpu.sh: no GPU visible to JAX nor torch" in refused.stdout, refused.stdout
+  assert not (tmp_path / "gpu.json").exists()
+
+  result = subprocess.run(["bash", script], capture_output=True, text=True, env=dict(env, GPU_SH_ALLOW_CPU="1"))
+  assert result.returncode == 0, result.stdout[-3000:]
+  report = json.loads((tmp_path / "gpu.json").read_text())
+  assert report["incomplete"] == [] and [r["dtype"] for r in report["rows"]] == ["bfloat16", "float32"]
+  for r in report["rows"]:  # gpu.sh checks torch's GPU too, so it needs torch
+    eager = r["torch"]["eager"]
+    assert eager["params"] == r["params"] and eager["ours_per_torch"] > 0, r["dtype"]
+  tables = (tmp_path / "gpu.md").read_text()
+  assert "| config | dtype | params |" in tables and "| config | dtype | sampler |" in tables
+  assert "] float32 igpt_digits ours: " in (tmp_path / "gpu.log").read_text()  # the running log
+
+
 @pytest.mark.parametrize("flags,words", [
     (["--samplers", "ddim-7"], "--samplers: unknown variant(s) ['ddim-7']"),
     (["--torch", "jit"], "--torch: modes are eager and compile"),
