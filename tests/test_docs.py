@@ -361,23 +361,21 @@ def problems_in(text: str, document: pathlib.Path) -> list[str]:
   def note(line, snippet, found):
     problems.extend(f"{document.name}:{line}: `{snippet}`: {p}" for p in found)
 
-  for line, code in shell:
+  def note_commands(line, code, shown):
+    """The problems of every command in `code`; shown(words) is the snippet a problem names."""
     try:
       commands = simple_commands(code)
     except ValueError as e:
       note(line, code, [f"not a shell line ({e})"])
-      continue
+      return
     for words in commands:
-      note(line, " ".join(words), check_command(words))
+      note(line, shown(words), check_command(words))
+
+  for line, code in shell:
+    note_commands(line, code, " ".join)
   for line, span in inline:
     if COMMAND_LIKE.search(span):
-      try:
-        commands = simple_commands(span)
-      except ValueError as e:
-        note(line, span, [f"not a shell line ({e})"])
-        continue
-      for words in commands:
-        note(line, span, check_command(words))
+      note_commands(line, span, lambda words, span=span: span)
     else:
       note(line, span, check_fragment(span) + check_path(span, document))
   for match in LINK.finditer(FENCE.sub("", text)):
