@@ -60,3 +60,11 @@ def test_bfloat16_compute_keeps_float32_params():
   y16 = model.apply(variables, x, t, train=False)
   y32 = model.clone(dtype=jnp.float32).apply(variables, x, t, train=False)
   np.testing.assert_allclose(y16, y32, rtol=0.1, atol=0.1 * float(jnp.abs(y32).max()))
+
+
+def test_split_times_refuses_a_noise_label_of_the_wrong_shape():
+  assert [a.shape for a in layers.split_times(jnp.zeros((3, 2)), 2)] == [(3,), (3,)]
+  with pytest.raises(ValueError, match=r"takes one time per image, \[B\]; got shape \(3, 2\)"):
+    layers.split_times(jnp.zeros((3, 2)), 1)
+  with pytest.raises(ValueError, match=r"takes 2 times per image, \[B, 2\]; got \(3,\)"):
+    layers.split_times(jnp.zeros((3,)), 2)
