@@ -11,9 +11,8 @@ Wall time: not measured here (CIFAR-10 needs downloading). 768k steps of 1024 = 
 Expected result: the paper's FID 2.92 at 1 NFE (Geng et al. 2025, CIFAR-10 unconditional, U-Net, 50k
   samples); not yet reproduced by this codebase. Differences from py-meanflow that may cost FID: the
   network is this codebase's DDPM UNet at the same widths (py-meanflow: EDM's SongUNet, DDPM++-style with
-  [1, 3, 3, 1] resampling, its times embedded unscaled), the times enter as (999 t, 999 (t - r)), and the
-  data are flipped horizontally instead of EDM's augmentation pipeline (p = 0.12, augmentation labels as
-  conditioning).
+  [1, 3, 3, 1] resampling; both embed the times (t, t - r) unscaled), and the data are flipped horizontally
+  instead of EDM's augmentation pipeline (p = 0.12, augmentation labels as conditioning).
 Model: UNet ch 128, ch_mult (2, 2, 2), 4 res blocks, attention at 16x16, dropout 0.2; (r, t): t ~
   logit-normal(-0.6, 1.6), r ~ logit-normal(-4.0, 1.6), r = t for 25% of the images, then r = min(t, r);
   adaptive weight p = 0.75, c = 1e-3; Adam lr 6e-4 (betas 0.9/0.999, no weight decay) after 9,600 warm-up

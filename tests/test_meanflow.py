@@ -6,6 +6,11 @@ training-time guidance against its formula; one and two jumps with the exact ave
 mixture (its flow map solved in float64 NumPy) land on the mixture; the config path with UNet and DiT trains,
 compiles once and samples with the NFE it reports, counted at run time; bad fields name themselves."""
 
+import json
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,7 +22,7 @@ from genimg_jax import methods
 from genimg_jax.diffusion import flow, meanflow
 from genimg_jax.errors import ConfigError
 from genimg_jax.methods import diffusion as diffusion_method
-from helpers import tiny_config
+from helpers import REPO, assert_states_close, tiny_config
 
 CALLS: list[int] = []
 
@@ -237,13 +242,13 @@ def _process():
 
 def test_one_and_two_jumps_with_the_exact_average_velocity_land_on_a_gaussian_mixture():
   """The network u(z, r, t) = (z - Phi_{t->r}(z)) / (t - r), Phi the ODE's flow map solved by `_flow_map` at
-  the very points the sampler passes (a host callback), t and r read from its (999 t, 999 (t - r)) labels:
+  the very points the sampler passes (a host callback), t and r read from its (t, t - r) labels:
   onestep and meanflow with 2 steps reach the mixture's weights, means and stds, and agree with each other
   (the maps compose) but for a few points on the steep watershed between the modes."""
 
   def average_velocity(z, noise_label):
-    t = float(noise_label[0, 0]) / flow.TIME_SCALE
-    r = t - float(noise_label[0, 1]) / flow.TIME_SCALE
+    t = float(noise_label[0, 0])
+    r = t - float(noise_label[0, 1])
     x = np.asarray(z[:, 0], np.float64)
     return ((x - _flow_map(x, t, r)) / (t - r))[:, None].astype(np.float32)
 
@@ -275,15 +280,19 @@ class Counted(nn.Module):
 
 class TinyNet(nn.Module):
   """A small network of one or two times, quick to compile: conv(x) (1 + sin(3 t)) + d tanh(x) with
-  (t, d) = noise_label / 999 ([B, 2]; d = 0 when noise_label is [B]), plus a class embedding of labels in
-  [0, num_classes] (num_classes: the null label, also for labels=None) if num_classes > 0."""
+  (t, d) = noise_label (MeanFlow's unscaled [B, 2]), or t = noise_label / 999 and d = 0 (flow's [B]), plus a
+  class embedding of labels in [0, num_classes] (num_classes: the null label, also for labels=None) if
+  num_classes > 0."""
 
   num_classes: int = 0
 
   @nn.compact
   def __call__(self, x, noise_label, labels=None, train=False):
-    times = noise_label / flow.TIME_SCALE
-    t, d = (times[:, 0], times[:, 1]) if times.ndim == 2 else (times, jnp.zeros_like(times))
+    if noise_label.ndim == 2:
+      t, d = noise_label[:, 0], noise_label[:, 1]
+    else:
+      t = noise_label / flow.TIME_SCALE
+      d = jnp.zeros_like(t)
     t, d = t.reshape(-1, 1, 1, 1), d.reshape(-1, 1, 1, 1)
     out = nn.Conv(x.shape[-1], (3, 3))(x) * (1 + jnp.sin(3 * t)) + d * jnp.tanh(x)
     if self.num_classes:
@@ -365,7 +374,7 @@ def test_every_registered_sampler_reports_the_network_calls_it_makes(data_dir):
 
 
 def test_the_held_out_bits_per_dim_are_flow_s_ode_likelihood_of_the_velocity_u_z_t_t(data_dir):
-  """eval_step's ode_bpd with the network's second time 999 (t - r) = 0 equals the flow process's with the
+  """eval_step's ode_bpd with the network's second time t - r = 0 equals the flow process's with the
   same network and draws: the probability-flow ODE of the instantaneous velocity u(z, t, t)."""
   images = jnp.round((_batch()["image"][:2] + 1) * 127.5) / 127.5 - 1  # on the 8-bit grid
   held_out = {}
@@ -409,3 +418,19 @@ def test_guidance_folded_into_training_needs_label_dropout_and_an_interval_insid
   config.diffusion.meanflow_guidance_interval = (0.5, 1.2)
   with pytest.raises(ConfigError, match="^config.diffusion.meanflow_guidance_interval: must be"):
     methods.make(config)
+
+
+@pytest.mark.slow  # a subprocess with 8 CPU devices
+def test_the_jvp_step_trains_on_a_data_x_fsdp_mesh_as_data_parallel(data_dir, tmp_path):
+  """3 steps of the tiny MeanFlow UNet on a 2 x 4 data x fsdp mesh: one compiled step, the largest parameter
+  sharded over fsdp, and the final state (params, EMA, Adam) that of an 8-way data-parallel run up to the
+  summation order of the sharded reductions (1e-4 of each array's largest magnitude)."""
+  run = subprocess.run([sys.executable, os.path.join(REPO, "tests", "scripts", "meanflow_mesh.py"), data_dir,
+                        str(tmp_path)], env=dict(os.environ, JAX_NUM_CPU_DEVICES="8"), cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  summary = json.load(open(tmp_path / "data_fsdp.json"))
+  assert summary["variants"] == 1
+  largest = max(summary["shardings"].values(), key=lambda shape_spec: np.prod(shape_spec[0]))
+  assert "fsdp" in largest[1], summary["shardings"]
+  assert_states_close(dict(np.load(tmp_path / "data_fsdp.npz")), dict(np.load(tmp_path / "dp.npz")), rtol=1e-4)

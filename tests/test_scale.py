@@ -17,28 +17,11 @@ from genimg_jax.data import datasets, pipeline
 from genimg_jax.train import checkpoint as ckpt_lib
 from genimg_jax.parallel import mesh as mesh_lib
 from genimg_jax.train import workdir as workdir_lib
-from helpers import DIGITS_CONFIG, REPO, flat_params, tiny_args, tiny_config
+from helpers import DIGITS_CONFIG, REPO, assert_states_close, flat_params, tiny_args, tiny_config
 
 pytestmark = pytest.mark.slow  # Subprocesses: `pytest -m "not slow"` leaves them out.
 
 LOCAL = os.path.join(REPO, "launch", "local.sh")
-
-
-def _assert_close(got: dict, want: dict, rtol: float = 1e-5):
-  """Every array within rtol of the largest magnitude of its counterpart.
-
-  Left out: the attention's key bias (qkv bias [1]) and its Adam moments. Adding a
-  constant to every key's logit leaves the softmax unchanged, so its gradient is zero
-  in exact arithmetic; Adam normalises the float rounding noise of that zero into
-  learning-rate-sized steps, which differ with any change of summation order.
-  """
-  assert got.keys() == want.keys()
-  for k in want:
-    a, b = got[k], want[k]
-    if k.endswith("['qkv']['bias']"):
-      a, b = a[[0, 2]], b[[0, 2]]
-    scale = max(float(np.abs(b).max()), 1e-12)
-    np.testing.assert_allclose(a, b, rtol=0, atol=rtol * scale, err_msg=k)
 
 
 def _restore(workdir, config, step: int) -> dict:
@@ -75,7 +58,7 @@ def runs(data_dir, tmp_path_factory):
 def test_two_processes_equal_one_process_with_eight_devices(runs, data_dir):
   root, _ = runs
   one_process = dict(np.load(root / "dp.npz"))
-  _assert_close(_restore(root / "two", tiny_config(data_dir), 20), one_process)
+  assert_states_close(_restore(root / "two", tiny_config(data_dir), 20), one_process)
 
 
 def test_each_process_loaded_only_its_block_of_each_global_batch(runs, data_dir):
@@ -94,7 +77,7 @@ def test_each_process_loaded_only_its_block_of_each_global_batch(runs, data_dir)
 
 def test_fsdp_matches_data_parallel_and_shards_the_large_arrays(runs):
   root, _ = runs
-  _assert_close(dict(np.load(root / "fsdp.npz")), dict(np.load(root / "dp.npz")))
+  assert_states_close(dict(np.load(root / "fsdp.npz")), dict(np.load(root / "dp.npz")))
   shardings = json.load(open(root / "fsdp_shardings.json"))
   whole = per_device = 0
   for path, (shape, spec, shard) in shardings.items():
@@ -126,7 +109,7 @@ def test_fsdp_checkpoint_restores_onto_one_device(runs, data_dir):
 def test_two_process_checkpoint_continues_identically_in_one_process(runs, data_dir):
   root, log = runs
   assert "checkpoint 20 was written by another number of processes" in log
-  _assert_close(dict(np.load(root / "resumed.npz")), _restore(root / "two", tiny_config(data_dir), 30))
+  assert_states_close(dict(np.load(root / "resumed.npz")), _restore(root / "two", tiny_config(data_dir), 30))
 
 
 def test_killing_one_process_stops_the_other_within_the_heartbeat_timeout(data_dir, tmp_path):
