@@ -1,7 +1,7 @@
 """Every family's digits config through the real `genimg` command, as a user runs it.
 
 For ddpm, edm_dit (EDM with a DiT), flow_cond (class-conditional, guided), the one-step meanflow_cond,
-consistency and shortcut, vae, dcgan, dcgan_cond and igpt:
+consistency and shortcut, vae, autoencoder, dcgan, dcgan_cond and igpt:
 `genimg train` a few steps, train again (it resumes), `genimg sample`, `genimg eval`, `genimg data show`, `genimg config
 show` and `genimg plot`. Each must exit 0 with no traceback and write what it promises; a command that
 does not apply to a family exits 2 with one line saying so. The configs are the digits demos shrunk to
@@ -39,6 +39,9 @@ FAMILIES = {
     "vae": ("vae_digits", {"data.image_size": 8, "model.ch": 8, "model.ch_mult": (1, 2), "model.latent_dim": 4,
                            "likelihood.num_mixtures": 2, "eval.iwae_samples": 4, "eval.iwae_chunk_size": 4,
                            "train.batch_size": 16, "train.eval_batches": 1}, "fid,bpd"),
+    # 16x16: SSIM's 11x11 window must fit. Its samples are decoded N(0, I) latents; rfid is what it is judged by.
+    "autoencoder": ("autoencoder_digits", {"model.ch": 8, "model.ch_mult": (1, 2), "model.norm_groups": 4,
+                                           "train.batch_size": 16, "train.eval_batches": 1}, "fid,rfid,bpd"),
     # EDM with the DiT backbone: with ddpm and flow_cond on the UNet, every process and architecture runs.
     "edm_dit": ("edm_digits", dict(SMALL_UNET, **{"model.arch": "dit", "model.hidden_size": 32, "model.depth": 1,
                                                   "model.num_heads": 2}), "fid,bpd"),
@@ -131,7 +134,7 @@ def test_train_says_how_it_starts_and_resume_continues(run):
   assert [row["step"] for row in logged] == [2, 4] and all(np.isfinite(row["loss"]) for row in logged)
   tensorboard = read_scalars(run.workdir)
   assert [(s, pytest.approx(row["loss"])) for s, row in zip((2, 4), logged)] == tensorboard["loss"]
-  if run.family == "vae":
+  if run.family in ("vae", "autoencoder"):
     assert os.path.isfile(run.path("samples", "reconstructions_0000004.png"))
   if run.family == "ddpm":  # The README's loss, and an evaluation at steps 2 and 4 with the best kept.
     assert all(0 < row["mean_weight"] <= 1 for row in logged)
@@ -146,7 +149,7 @@ def test_sample_writes_a_grid(run):
   assert f"{out}: 5 samples from step 4" in result.stdout
   if run.family == "flow_cond":  # Euler-Maruyama-3 at t = 1, 2/3, 1/3: guided where sigma = t / (1 - t) <= 1.
     assert "nfe=3, network passes=4" in result.stdout
-  size = 16 if run.family.startswith("dcgan") else 8
+  size = 16 if run.family.startswith(("dcgan", "autoencoder")) else 8
   assert PIL.Image.open(out).size == (3 * (size + 2) + 2, 2 * (size + 2) + 2)  # 3 columns, 2 rows.
 
 
@@ -168,7 +171,14 @@ def test_eval_reports_the_family_metrics(run):
     sampler = report["metrics"]["fid"]["sampler"]
     assert (sampler["guidance"], sampler["nfe"], sampler["network_passes"]) == (1.0, 3, 4)
     assert 0 <= report["metrics"]["acc"]["value"] <= 1 and "| class accuracy |" in result.stdout
-  if run.family in ("ddpm", "vae", "edm_dit", "igpt"):
+  if run.family == "autoencoder":
+    rfid = report["metrics"]["rfid"]
+    assert rfid["value"] > 0 and rfid["num_samples"] == 300 and rfid["reference"] == "digits test 16x16 (300 images)"
+    assert len(rfid["latent_mean"]) == len(rfid["latent_std"]) == 4 and min(rfid["latent_std"]) > 0
+    held = report["metrics"]["bpd"]
+    assert held["num_examples"] == 16 and 0 < held["ssim"] <= 1 and held["psnr_db"] > 0 and held["l1"] > 0
+    assert "| rfid |" in result.stdout and "| latent std |" in result.stdout and "| psnr_db |" in result.stdout
+  if run.family in ("ddpm", "vae", "edm_dit", "igpt", "autoencoder"):
     one_line_error(run.genimg("eval", "--workdir", run.workdir, "--metrics", "acc"),
                    "--metrics: acc (the classes of generated images) needs a class-conditional model")
 
@@ -263,6 +273,8 @@ def test_sample_and_eval_read_the_checkpoint_asked_for(trained):
     ("ddpm", ["sample", "--out", "x.jpg"], "--out: 'x.jpg' has the suffix '.jpg'"),
     ("ddpm", ["eval", "--metrics", "fid,nope"], "--metrics: unknown metric(s) ['nope']"),
     ("vae", ["sample", "--sampler", "ddim", "--out", "x.png"], "--sampler: the vae method has no sample.sampler"),
+    ("vae", ["eval", "--metrics", "rfid"], "--metrics: rfid (FID of reconstructions) needs an autoencoder; the vae "
+     "method has none"),
     ("dcgan_cond", ["sample", "--labels", "3,10", "--out", "x.png"], "--labels: classes [10] are not in [0, 10)"),
     ("edm_dit", ["sample", "--guidance", "2", "--out", "x.png"],
      "config.sample.guidance: classifier-free guidance needs a class-conditional model"),

@@ -19,15 +19,17 @@ from genimg_jax import seeds
 from genimg_jax.data import datasets
 from genimg_jax.errors import ConfigError
 from genimg_jax.files import atomic_open
-from genimg_jax.evaluation import features, held_out, inception_weights, metrics, reference
+from genimg_jax.evaluation import features, held_out, inception_weights, metrics, reconstruction, reference
 from genimg_jax.methods.base import Method
 from genimg_jax.parallel import functions
 from genimg_jax.parallel import mesh as mesh_lib
 
 SAMPLE_METRICS = ("fid", "kid", "is", "pr", "acc")
-METRICS = SAMPLE_METRICS + ("bpd",)
+# rfid: FID of an autoencoder's reconstructions of data.eval_split against that split.
+FEATURE_METRICS = SAMPLE_METRICS + ("rfid",)
+METRICS = FEATURE_METRICS + ("bpd",)
 # Scalars (see `scalars`) where larger is better; for all others smaller is better.
-HIGHER_IS_BETTER = ("is", "precision", "recall", "class_accuracy")
+HIGHER_IS_BETTER = ("is", "precision", "recall", "class_accuracy", "psnr_db", "ssim")
 KID_SUBSET_SIZE, KID_SUBSETS = 1000, 100
 IS_SPLITS = 10
 PR_NEIGHBOURS = 3
@@ -69,7 +71,8 @@ def validate(config: ml_collections.ConfigDict, options: ml_collections.ConfigDi
     raise ConfigError(name("reference_split"), f"{config.data.name} has splits "
                       f"{datasets.splits_of(config.data)}, not {split!r}")
   if options.best_metric:
-    producers = {"fid": "fid", "kid": "kid", "is": "is", "precision": "pr", "recall": "pr", "class_accuracy": "acc"}
+    producers = {"fid": "fid", "kid": "kid", "is": "is", "precision": "pr", "recall": "pr", "class_accuracy": "acc",
+                 "rfid": "rfid"}
     needed = producers.get(options.best_metric, "bpd")  # Other names are the method's eval_step metrics.
     if needed not in chosen:
       raise ConfigError(name("best_metric"), f"{options.best_metric!r} needs metric {needed!r} in "
@@ -108,6 +111,9 @@ class Evaluator:
     if "acc" in self.metrics and not method.num_classes:
       raise ConfigError((fields or {}).get("metrics", "config.eval.metrics"),
                         "acc (the classes of generated images) needs a class-conditional model")
+    if "rfid" in self.metrics and method.reconstruct is None:
+      raise ConfigError((fields or {}).get("metrics", "config.eval.metrics"),
+                        f"rfid (FID of reconstructions) needs an autoencoder; the {config.method} method has none")
     self.config, self.method, self.mesh, self.options, self.seed = config, method, mesh, options, seed
     self.batch_size = options.batch_size or config.train.batch_size
     self.local_batch = mesh_lib.local_batch_size(self.batch_size, mesh, (fields or {}).get(
@@ -116,13 +122,14 @@ class Evaluator:
     self._net = self._extractor = self._reference = self._sample = None
 
   def prepare(self) -> None:
-    """Builds the feature network, the reference features and the sampler if a sample metric needs them
-    (also done on first use; call it early to fail before training on missing weights)."""
-    if self._net is None and any(name in SAMPLE_METRICS for name in self.metrics):
+    """Builds the feature network if a metric needs it, and the reference features and the sampler if a
+    sample metric does (also done on first use; call it early to fail before training on missing weights)."""
+    if self._net is None and any(name in FEATURE_METRICS for name in self.metrics):
       weights = self.options.inception_weights or inception_weights.default_path(
           datasets.resolve_data_dir(self.config.data.data_dir))
       self._net = features.make(self.options.feature_net, self.config.data, weights)
       self._extractor = features.Extractor(self._net, self.mesh)
+    if self._reference is None and any(name in SAMPLE_METRICS for name in self.metrics):
       self._reference = reference.get(self.config.data, self.split, self._net, self._extractor, self.mesh,
                                       self.batch_size)
       self._sample = functions.sampler(self.method, self.mesh, self.batch_size)
@@ -165,10 +172,26 @@ class Evaluator:
       if "acc" in self.metrics:
         results["acc"] = dict(value=self._class_accuracy(generated["logits"]),
                               **dict(how, reference="the requested classes"))
+    if "rfid" in self.metrics:
+      results["rfid"] = self._reconstruction_fid(params)
     if "bpd" in self.metrics:
       held = held_out.evaluate(self.config, self.method, self.mesh, params, seeds.root_keys(self.seed)["eval"])
       results["bpd"] = dict(held, seed=self.seed)
     return report
+
+  def _reconstruction_fid(self, params) -> dict:
+    """rFID: the posterior-mean reconstructions of data.eval_split against that split's features, with the
+    latents' per-channel mean and std over the split."""
+    self.prepare()
+    split = self.config.data.eval_split
+    trip = reconstruction.round_trip(self.config.data, split, self.method, self.mesh, params, self._extractor,
+                                     self.batch_size)
+    ref = reference.get(self.config.data, split, self._net, self._extractor, self.mesh, self.batch_size)
+    mu, sigma = metrics.feature_statistics(trip.features["features"])
+    return {"value": metrics.frechet_distance(mu, sigma, ref.mu, ref.sigma),
+            "latent_mean": trip.latent_mean.tolist(), "latent_std": trip.latent_std.tolist(),
+            "feature_net": self._net.name, "num_samples": int(trip.features["features"].shape[0]),
+            "reference": ref.description, "reconstruction": "posterior mean, decoded", "seed": self.seed}
 
   def _class_accuracy(self, logits: np.ndarray) -> float:
     """The fraction of generated images the feature net classifies as the class they were drawn for
@@ -181,8 +204,9 @@ class Evaluator:
 
 
 def scalars(report: dict) -> dict[str, float]:
-  """The report's headline numbers: fid, kid, kid_std, is, is_std, precision, recall, class_accuracy,
-  and every held-out eval_step metric by its own name."""
+  """The report's headline numbers: fid, kid, kid_std, is, is_std, precision, recall, class_accuracy, rfid
+  with latent_mean_c<k> and latent_std_c<k> per latent channel k, and every held-out eval_step metric by
+  its own name."""
   results, out = report["metrics"], {}
   if "fid" in results:
     out["fid"] = results["fid"]["value"]
@@ -193,6 +217,10 @@ def scalars(report: dict) -> dict[str, float]:
     out["precision"], out["recall"] = results["pr"]["precision"], results["pr"]["recall"]
   if "acc" in results:
     out["class_accuracy"] = results["acc"]["value"]
+  if "rfid" in results:
+    out["rfid"] = results["rfid"]["value"]
+    for name in ("latent_mean", "latent_std"):
+      out.update({f"{name}_c{k}": value for k, value in enumerate(results["rfid"][name])})
   for name, value in results.get("bpd", {}).items():
     if isinstance(value, float) and name not in out:
       out[name] = value
@@ -255,6 +283,12 @@ def table(report: dict) -> str:
         if isinstance(value, float):
           lines.append(f"| {key} | {_format(value)} | - | {entry['num_examples']} (held out) | "
                        f"{entry['split']} | - | {entry['seed']} |")
+      continue
+    if name == "rfid":
+      for label, key in (("rfid", "value"), ("latent mean", "latent_mean"), ("latent std", "latent_std")):
+        value = entry[key] if key == "value" else "[" + ", ".join(f"{v:.4g}" for v in entry[key]) + "]"
+        lines.append(f"| {label} | {_format(value)} | {entry['feature_net']} | {entry['num_samples']} | "
+                     f"{entry['reference']} | {entry['reconstruction']} | {entry['seed']} |")
       continue
     sampler = " ".join(f"{k}={v}" for k, v in entry["sampler"].items()) or "-"
     values = {"fid": [("fid", "value")], "kid": [("kid", "mean"), ("kid std", "std")],

@@ -6,11 +6,12 @@ config.method selects one of METHODS, or the user's own `make(config) -> Method`
 import ml_collections
 
 from genimg_jax.config import require
-from genimg_jax.methods import autoregressive, diffusion, gan, vae
+from genimg_jax.methods import autoencoder, autoregressive, diffusion, gan, vae
 from genimg_jax.methods.base import Method
 from genimg_jax.registry import Registry
 
 METHODS = Registry("method", "method")
+METHODS.register("autoencoder")(autoencoder.make)
 METHODS.register("autoregressive")(autoregressive.make)
 METHODS.register("diffusion")(diffusion.make)
 METHODS.register("gan")(gan.make)

@@ -59,6 +59,9 @@ class Method:
     sampler, so it is called only when reported: `sample_network_passes`); None: sample_nfe.
   networks: the keys of `params` that are separately parameterised networks (a GAN's
     generator and discriminator); empty when `params` is one network.
+  reconstruct(params, images [B, H, W, C]) -> (reconstructions [B, H, W, C] float32 in [-1, 1],
+    latents [B, ...] float32), or None: an autoencoder's deterministic round trip, for rFID and the
+    latents' statistics (`genimg eval --metrics rfid`).
   """
 
   init: Callable[[jax.Array], TrainState]
@@ -72,6 +75,7 @@ class Method:
   sample_nfe: int = 1
   count_network_passes: Callable[[], int] | None = None
   networks: tuple[str, ...] = ()
+  reconstruct: Callable[[PyTree, jax.Array], tuple[jax.Array, jax.Array]] | None = None
 
   @functools.cached_property
   def sample_network_passes(self) -> int:
