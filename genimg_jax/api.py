@@ -19,6 +19,7 @@ from genimg_jax import config as config_lib
 from genimg_jax import methods, seeds
 from genimg_jax.errors import ConfigError
 from genimg_jax.evaluation import suite
+from genimg_jax.methods import latent
 from genimg_jax.methods.base import Method, TrainState
 from genimg_jax.parallel import functions, runtime
 from genimg_jax.train import trainer, workdir as workdir_lib
@@ -38,6 +39,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
   threefry), which takes effect only before the process's first JAX computation.
   """
   runtime.setup(config)
+  latent.pin(config, workdir, create=True)  # A latent run copies its autoencoder into the workdir once.
   return trainer.train(config, workdir, show_progress=show_progress,
                        make_evaluation=functools.partial(suite.TrainingEvaluation, config, workdir))
 
@@ -50,13 +52,15 @@ class Run:
 
   @classmethod
   def load(cls, workdir: str, checkpoint: str | int = "latest",
-           sample_overrides: Mapping[str, Any] | None = None, fields: Mapping[str, str] | None = None) -> "Run":
-    """Reads workdir/config.json and the checkpoint ('latest', 'best' or a step number).
+           sample_overrides: Mapping[str, Any] | None = None, fields: Mapping[str, str] | None = None,
+           trust_code: bool = False) -> "Run":
+    """Reads workdir/config.json and the checkpoint ('latest', 'best' or a step number); changes no file.
 
     sample_overrides: {field: value} replacing config.sample fields (sampler, steps, eta, guidance);
-    `fields` names them in error messages (the CLI passes its flags).
+    `fields` names them in error messages (the CLI passes its flags). trust_code: let config.json name
+    code to import (`module:attribute`); without it such a config is a ConfigError (workdir.read_config).
     """
-    config = workdir_lib.read_config(workdir)
+    config = workdir_lib.read_config(workdir, trust_code)
     for field, value in (sample_overrides or {}).items():
       if field not in config.get("sample", {}):
         known = ", ".join(sorted(config.get("sample", {}))) or "none"
@@ -64,6 +68,7 @@ class Run:
                           f"the {config.method} method has no sample.{field} (its sample settings: {known})")
       config.sample[field] = value
     runtime.setup(config)
+    latent.pin(config, workdir, create=False)
     method = methods.make(config)
     mesh, state, step = workdir_lib.restore(workdir, config, method, checkpoint)
     return cls(config, method, mesh, state, step)

@@ -27,6 +27,12 @@ def _add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:
                       "or a step number")
 
 
+def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--trust_workdir_code", action="store_true",
+                      help="let the workdir's config.json import code it names as module:attribute (off: such a "
+                      "config is refused, as a workdir may come from anyone)")
+
+
 def _distributed_flags() -> argparse.ArgumentParser:
   """Flags to join a multi-process run (genimg_jax.parallel.distributed); automatic on TPU pods and SLURM."""
   flags = argparse.ArgumentParser(add_help=False)
@@ -67,6 +73,7 @@ def parser() -> argparse.ArgumentParser:
                       "(0,1,... or 3), or 'all' (every class in turn, default)")
   _add_checkpoint_flag(sample)
   _add_sampler_flags(sample)
+  _add_trust_flag(sample)
 
   evaluate = sub.add_parser(
       "eval", help="sample-quality and held-out metrics of a checkpoint (EMA params)",
@@ -83,6 +90,7 @@ def parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--seed", type=int, default=0)
   _add_checkpoint_flag(evaluate)
   _add_sampler_flags(evaluate)
+  _add_trust_flag(evaluate)
   eval_sub = evaluate.add_subparsers(dest="eval_command")
   convert = eval_sub.add_parser("convert-inception", help="convert pytorch-fid's InceptionV3 .pth to a plain .npz "
                                 "(needs torch for this step only)")
@@ -132,7 +140,7 @@ def _load_run(args):
 
   checkpoint = workdir.parse_checkpoint(args.checkpoint)
   overrides, fields = _given(args, SAMPLER_FLAGS)
-  return api.Run.load(args.workdir, checkpoint, overrides, fields)
+  return api.Run.load(args.workdir, checkpoint, overrides, fields, trust_code=args.trust_workdir_code)
 
 
 def _sample(args) -> None:

@@ -9,11 +9,13 @@ import ast
 import importlib.util
 import json
 import os
+import traceback
 from typing import Any, Sequence
 
 import ml_collections
 
-from genimg_jax.errors import ConfigError
+from genimg_jax.errors import ConfigError, UserError
+from genimg_jax.registry import is_import_path
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -84,16 +86,38 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def _where_in(path: str, error: BaseException) -> str:
+  """'path:line' of the innermost traceback frame in the config file `path` (the file alone if none)."""
+  same = lambda filename: bool(filename) and os.path.abspath(filename) == os.path.abspath(path)
+  if isinstance(error, SyntaxError) and same(error.filename) and error.lineno:
+    return f"{path}:{error.lineno}"
+  frames = [f for f in traceback.extract_tb(error.__traceback__) if same(f.filename)]
+  return f"{path}:{frames[-1].lineno}" if frames else path
+
+
+def _run_user_code(path: str, what: str, function):
+  """function(), with any exception but a UserError turned into a ConfigError naming the file and line."""
+  try:
+    return function()
+  except UserError:
+    raise
+  except Exception as e:  # The user's own code fails in any way; say where, in one line.
+    if isinstance(e, SyntaxError):
+      raise ConfigError("--config", f"{_where_in(path, e)}: {type(e).__name__}: {e.msg}") from None
+    message = (str(e).splitlines() or [""])[0][:200]
+    raise ConfigError("--config", f"{_where_in(path, e)}: {what} raised {type(e).__name__}: {message}") from None
+
+
 def load_file(path: str) -> ml_collections.ConfigDict:
-  """Runs a config file's get_config(); raises ConfigError naming the file on failure."""
+  """Runs a config file's get_config(); raises ConfigError naming the file (and line) on failure."""
   if not os.path.isfile(path):
     raise ConfigError("--config", f"no such config file: {path}")
   spec = importlib.util.spec_from_file_location("_genimg_user_config", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
+  _run_user_code(path, "the config file", lambda: spec.loader.exec_module(module))
+  if not callable(getattr(module, "get_config", None)):
     raise ConfigError("--config", f"{path} defines no get_config()")
-  config = module.get_config()
+  config = _run_user_code(path, "get_config()", module.get_config)
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError("--config", f"get_config() in {path} returned {type(config).__name__}, "
                       "not an ml_collections.ConfigDict")
@@ -184,6 +208,18 @@ def _tuples(value):
 def from_json(text: str) -> ml_collections.ConfigDict:
   """Inverse of to_json (lists become tuples, as configs write them)."""
   return ml_collections.ConfigDict(_tuples(json.loads(text)))
+
+
+def import_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, str]]:
+  """[(dotted field, value)] of every value (in tuples too) that names code to import, `module:attribute`."""
+  found = []
+  for key, value in config.items():
+    field = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      found += import_paths(value, f"{field}.")
+    else:
+      found += [(field, v) for v in (value if isinstance(value, (tuple, list)) else (value,)) if is_import_path(v)]
+  return found
 
 
 def require(ok: bool, field: str, message: str) -> None:

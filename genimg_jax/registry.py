@@ -16,12 +16,20 @@ from typing import Any, Callable, Mapping
 from genimg_jax.errors import ConfigError
 
 
+def is_import_path(text: Any) -> bool:
+  """Whether `text` is a string `resolve` would import: `module:attribute`, dotted identifiers."""
+  if not isinstance(text, str) or ":" not in text:
+    return False
+  module_name, _, attr = text.partition(":")
+  return all(part.isidentifier() for part in module_name.split(".")) and attr.isidentifier()
+
+
 def import_attribute(field: str, path: str) -> Any:
   """The attribute named by `module:attribute`, imported like `python -m` would: the current directory
   first. Raises ConfigError naming `field` (e.g. "config.loss.name") when it cannot be imported."""
-  module_name, _, attr = path.partition(":")
-  if not module_name or not attr:
+  if not is_import_path(path):
     raise ConfigError(field, f"{path!r} is not an import path 'module:attribute'")
+  module_name, _, attr = path.partition(":")
   if os.getcwd() not in sys.path:
     sys.path.insert(0, os.getcwd())
   try:

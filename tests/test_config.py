@@ -4,6 +4,7 @@ import ast
 import glob
 import os
 
+import ml_collections
 import pytest
 
 from genimg_jax import config as config_lib
@@ -169,3 +170,11 @@ def test_every_config_builds_and_says_how_to_run_it(path):
     assert heading in doc, (name, heading)
   shapes = jax.eval_shape(methods.make(config_lib.load_file(path)).init, jax.random.PRNGKey(0)).params
   assert sum(x.size for x in jax.tree.leaves(shapes)) > 0
+
+
+def test_import_paths_finds_every_value_that_names_code():
+  config = ml_collections.ConfigDict({
+      "loss": {"name": "my_pkg.losses:huber"}, "model": {"blocks": ("res", "blocks:Attention"), "ch": 3},
+      "data": {"data_dir": "gs://bucket/tfds", "name": "mnist:3.0.1", "path": "/data/a:b"}})
+  assert sorted(config_lib.import_paths(config)) == [("loss.name", "my_pkg.losses:huber"),
+                                                     ("model.blocks", "blocks:Attention")]

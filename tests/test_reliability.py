@@ -1,6 +1,7 @@
 """Surviving signals, crashes, non-finite updates, corrupt checkpoints and malformed configs."""
 
 import glob
+import json
 import os
 import random
 import signal
@@ -194,6 +195,56 @@ def test_preemption_notice_stops_all_processes_at_the_same_step(data_dir, tmp_pa
       "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
 
 
+# ---- One run per workdir. ---------------------------------------------------------------------
+
+def _holds_lock(workdir, pid):
+  path = workdir / ".train.lock"
+  return path.exists() and path.read_text().startswith(f"pid {pid} on ")
+
+
+def _steps_logged(workdir):
+  with open(workdir / "metrics.jsonl") as f:
+    return [json.loads(line)["step"] for line in f]
+
+
+@pytest.mark.slow
+def test_a_second_train_on_a_busy_workdir_stops_naming_the_first(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  cmd = TRAIN_CMD + ["--workdir", str(workdir), *tiny_args(data_dir, steps=400),
+                     "--config.train.checkpoint_every=1000"]
+  first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    _wait_for(lambda: _holds_lock(workdir, first.pid), proc=first)
+    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.poll() is None, "the first run ended before the second one tried; make it longer"
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(lines) == 1, second.stderr
+    assert lines[0].startswith(f"genimg: error: {workdir}: another `genimg train` holds its lock .train.lock "
+                               f"(pid {first.pid} on {socket.gethostname()} since ")
+    out, err = first.communicate(timeout=300)
+  finally:
+    first.kill()
+  assert first.returncode == 0, err
+  assert out.strip().splitlines()[-1] == f"done: {workdir}"
+  steps_logged = _steps_logged(workdir)
+  assert steps_logged == list(range(5, 401, 5))  # Each step once: the second run wrote nothing.
+  assert (workdir / ".train.lock").read_text() == ""  # Released, naming no one.
+
+
+@pytest.mark.slow
+def test_the_lock_of_a_killed_run_blocks_nothing(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  cmd = TRAIN_CMD + ["--workdir", str(workdir), *tiny_args(data_dir, steps=20)]
+  killed = subprocess.Popen(cmd + ["--config.train.steps=100000"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+  _wait_for(lambda: _holds_lock(workdir, killed.pid), proc=killed)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  assert _holds_lock(workdir, killed.pid)  # The file still names the dead run ...
+  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr  # ... but the kernel released its lock.
+  assert result.stdout.strip().splitlines()[-1] == f"done: {workdir}"
+
+
 # ---- Checkpoints that are corrupt or do not fit. ---------------------------------------------
 
 @pytest.fixture
@@ -204,19 +255,61 @@ def two_checkpoints(data_dir, tmp_path):
   return config, tmp_path
 
 
-def test_corrupt_latest_checkpoint_falls_back_with_a_warning(two_checkpoints, capsys):
-  config, workdir = two_checkpoints
-  files = [f for f in glob.glob(str(workdir / "checkpoints" / "20" / "state" / "**"), recursive=True)
+def _truncate_arrays(workdir, step):
+  """Truncates the array data files of checkpoint `step` to half their size."""
+  files = [f for f in glob.glob(str(workdir / "checkpoints" / str(step) / "state" / "**"), recursive=True)
            if os.path.isfile(f) and "/d/" in f]
-  for path in files:  # Truncate the array data of the latest checkpoint.
+  assert files
+  for path in files:
     with open(path, "r+b") as f:
       f.truncate(os.path.getsize(path) // 2)
-  _, state, step = workdir_lib.restore(str(workdir), config, methods.make(config))
-  assert step == 10 and int(state.step) == 10
+
+
+def _tree(root):
+  """{path: (size, mtime_ns)} of everything under root, hidden files included."""
+  paths = glob.glob(str(root / "**"), recursive=True, include_hidden=True)
+  return {p: (os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths}
+
+
+def test_training_moves_a_corrupt_latest_checkpoint_aside_and_falls_back(two_checkpoints, capsys):
+  from genimg_jax.parallel import mesh as mesh_lib
+  from genimg_jax.train import checkpoint as ckpt_lib
+
+  config, workdir = two_checkpoints
+  _truncate_arrays(workdir, 20)
+  abstract = workdir_lib.abstract_state(methods.make(config), mesh_lib.make_mesh(1), config.mesh.fsdp_min_size)
+  checkpointer = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), config.train.keep_checkpoints)
+  restored = checkpointer.restore_latest(abstract)
+  checkpointer.close()
+  assert restored.step == 10 and int(restored.state.step) == 10
   err = capsys.readouterr().err
-  assert f"genimg: warning: {workdir}/checkpoints/20: unreadable checkpoint" in err
-  assert f"moved to {workdir}/checkpoints/20.corrupt" in err
+  assert err.startswith(f"genimg: warning: {workdir}/checkpoints/20: unreadable checkpoint of step 20 (array ")
+  assert f"moved to {workdir}/checkpoints/20.corrupt, trying an older one" in err
   assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20.corrupt"]
+
+
+def test_sample_and_eval_fall_back_from_a_corrupt_checkpoint_and_change_no_file(two_checkpoints, capsys):
+  """The read-only commands skip an unreadable checkpoint with a plain warning, and leave every file as it is."""
+  _, workdir = two_checkpoints
+  _truncate_arrays(workdir, 20)
+  before = _tree(workdir)
+  out = workdir.parent / "grid.png"
+  assert cli.main(["sample", "--workdir", str(workdir), "--out", str(out), "--num", "2"]) == 0
+  err = capsys.readouterr().err
+  warning = next(line for line in err.splitlines() if line.startswith("genimg: warning:"))
+  assert warning.startswith(f"genimg: warning: {workdir}/checkpoints/20: unreadable checkpoint of step 20 "
+                            "(array ")
+  assert ": a truncated file in " in warning and warning.endswith("); left as it is, trying an older one")
+  assert "tensorstore" not in warning.lower() and "{" not in warning  # No TensorStore spec or object repr.
+  assert out.exists() and _tree(workdir) == before
+  _truncate_arrays(workdir, 10)
+  before = _tree(workdir)
+  for command in (["sample", "--out", str(out)], ["eval", "--metrics", "bpd"]):
+    code = cli.main([command[0], "--workdir", str(workdir), *command[1:]])
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("genimg: warning:")]
+    assert code == 2 and errors == [f"genimg: error: {workdir}/checkpoints: no readable checkpoint: steps "
+                                    "[20, 10] are all unreadable (left as they are)"], errors
+    assert _tree(workdir) == before
 
 
 def test_a_corrupt_checkpoint_asked_for_by_step_is_an_error_naming_it(two_checkpoints):
@@ -291,7 +384,8 @@ MALFORMED = [
      "config.sample.sampler: unknown DDPM sampler 'euler'; built-in: ddim, ddpm; or give"),
     (["--config.sample.eta=-1"], "config.sample.eta: must be >= 0"),
     (["--config.loss.name=no_such_module:fn"], "config.loss.name: cannot import module 'no_such_module'"),
-    (["--config.method=gann"], "config.method: unknown method 'gann'; built-in: autoregressive, diffusion, gan, vae"),
+    (["--config.method=gann"],
+     "config.method: unknown method 'gann'; built-in: autoencoder, autoregressive, diffusion, gan, vae"),
     (["--config.train.steps"], "config.train.steps: missing value"),
 ]
 
@@ -306,6 +400,26 @@ def test_malformed_config_is_one_clear_line(args, message, data_dir, tmp_path, c
   assert err.startswith(f"genimg: error: {message}"), err
   assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
   assert not workdir.exists()
+
+
+BAD_CONFIG_FILES = [
+    ("syntax", "import ml_collections\n\ndef get_config(:\n  pass\n", "bad.py:3: SyntaxError: invalid syntax"),
+    ("raises at import", "import ml_collections\nx = {}['no_such_key']\n",
+     "bad.py:2: the config file raised KeyError: 'no_such_key'"),
+    ("no get_config", "CONFIG = 1\n", "bad.py defines no get_config()"),
+    ("get_config raises", "def get_config():\n  return 1 / 0\n",
+     "bad.py:2: get_config() raised ZeroDivisionError: division by zero"),
+]
+
+
+@pytest.mark.parametrize("text,message", [b[1:] for b in BAD_CONFIG_FILES], ids=[b[0] for b in BAD_CONFIG_FILES])
+def test_a_broken_config_file_is_one_line_naming_the_file_and_line(text, message, tmp_path, capsys):
+  path = tmp_path / "bad.py"
+  path.write_text(text)
+  code = cli.main(["train", "--config", str(path), "--workdir", str(tmp_path / "run")])
+  err = capsys.readouterr().err
+  assert code == 2 and err == f"genimg: error: --config: {tmp_path}/{message}\n"
+  assert not (tmp_path / "run").exists()
 
 
 def test_missing_config_file_is_one_clear_line(tmp_path, capsys):

@@ -155,3 +155,13 @@ def test_user_data_config_errors(tmp_path):
   _save(str(tmp_path / "mixed" / "y.png"), _rgb(4, 4, 0))
   with pytest.raises(DataError, match="both image files") as e:
     user_images.list_folder(str(tmp_path / "mixed"))
+
+
+def test_a_32_bit_float_image_is_refused_naming_the_file(tmp_path):
+  root = tmp_path / "floats"
+  _save(str(root / "a.png"), np.full((8, 8), 30, np.uint8))
+  PIL.Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(root / "b.tif")
+  data = _config(tmp_path / "tfds", "folder", root, channels=1, holdout_fraction=0.0)
+  with pytest.raises(DataError, match="mode F with values in") as e:
+    datasets.open_split(data, "train")
+  assert e.value.where == str(root) and str(root / "b.tif") in str(e.value)

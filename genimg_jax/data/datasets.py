@@ -29,7 +29,8 @@ class CatalogEntry:
   """A data set by name.
 
   tfds_name: the tfds builder name (with config), or None for ours.
-  splits: the split names it has. native_size: (H, W) of its stored images, or
+  splits: the split names it has. native_size: (H, W) of its stored images, (0, 0)
+  when their sizes vary (each is center-cropped and resized; any data.crop_size fits), or
   None when ours already stores config.data.image_size. channels: of its images.
   sizes: the image sizes config.data.image_size may take (center crop + resize
   from the native size; empty: any). download_url: where tfds downloads it from
@@ -69,6 +70,12 @@ CATALOG.register("imagenet_resized/32x32")(CatalogEntry(
     "imagenet_resized/32x32", ("train", "validation"), (32, 32), 3, **_IMAGENET))
 CATALOG.register("imagenet_resized/64x64")(CatalogEntry(
     "imagenet_resized/64x64", ("train", "validation"), (64, 64), 3, **_IMAGENET))
+CATALOG.register("imagenet2012")(CatalogEntry(
+    "imagenet2012", ("train", "validation"), (0, 0), 3, manual=(
+        "tfds cannot download ImageNet: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from "
+        "https://image-net.org, with an account) into the data dir's downloads/manual/ and run genimg data prepare "
+        "(it reads them, not the network), or "
+        + _ELSEWHERE)))
 USER_KINDS = user_images.KINDS
 
 
@@ -82,6 +89,10 @@ def catalog_entry(data: ml_collections.ConfigDict) -> CatalogEntry | None:
   folder or npz. Raises ConfigError for an unknown name or an attribute that is no CatalogEntry."""
   if data.name in USER_KINDS:
     return None
+  if ":" not in data.name and data.name not in CATALOG:
+    raise ConfigError("config.data.name", f"unknown data set {data.name!r}; built-in: "
+                      f"{', '.join(sorted([*CATALOG, *USER_KINDS]))}; or give your own CatalogEntry as "
+                      "'module:attribute'")
   entry = CATALOG.resolve(data.name)
   if not isinstance(entry, CatalogEntry):
     raise ConfigError("config.data.name", f"{data.name!r} is not a CatalogEntry (type {type(entry).__name__})")
@@ -109,7 +120,7 @@ def check_config(data: ml_collections.ConfigDict) -> None:
     if entry.sizes and data.image_size not in entry.sizes:
       raise ConfigError("config.data.image_size", f"{data.name} comes in sizes {entry.sizes}, "
                         f"not {data.image_size}")
-    if entry.native_size and data.crop_size > min(entry.native_size):
+    if entry.native_size and min(entry.native_size) and data.crop_size > min(entry.native_size):
       raise ConfigError("config.data.crop_size", f"{data.crop_size} is larger than {data.name}'s "
                         f"{entry.native_size[0]}x{entry.native_size[1]} images")
   for field in ("train_split", "eval_split"):

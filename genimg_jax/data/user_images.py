@@ -8,9 +8,10 @@ read without pickle.
 
 Every image is converted to config.data.channels (grayscale <-> RGB) and, where
 its size differs or a crop is asked for, center-cropped and resized to
-config.data.image_size (preprocess.center_crop_resize). Splits: `test` holds a
-fixed pseudo-random holdout_fraction of the examples (at least one), `train` the
-rest; with holdout_fraction 0 there is only `train`.
+config.data.image_size (preprocess.center_crop_resize); a 16-bit grayscale image
+is read at its full depth and scaled to 8 bits (v * 255 / 65535, rounded). Splits:
+`test` holds a fixed pseudo-random holdout_fraction of the readable examples (at
+least one), `train` the rest; with holdout_fraction 0 there is only `train`.
 
 A prepared data set is stored under <data_dir>/user_images/<kind>-<key>/, where
 key hashes the source's content (file bytes and relative paths) and the
@@ -34,7 +35,7 @@ from genimg_jax.files import atomic_open
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 KINDS = ("folder", "npz")
-_FORMAT = "1"  # Bump when preprocessing changes, so old copies are not reused.
+_FORMAT = "2"  # Bump when preprocessing changes, so old copies are not reused.
 _CORRUPT_SHOWN = 10
 
 
@@ -187,43 +188,69 @@ class UserImages(tfds.core.GeneratorBasedBuilder):
       images, labels = _load_npz(src.path)
       items = [(f"{src.path}[{i}]", (images[i], int(labels[i]))) for i in range(len(images))]
       decode = _decode_array
-    is_test = _holdout(len(items), src.holdout_fraction)
-    self._corrupt = []
-    splits = {"train": [i for i in range(len(items)) if not is_test[i]]}
+    # Unreadable images are found (and left out) before the holdout is drawn, so no split is left empty.
+    readable = _readable(items, decode, src)
+    is_test = _holdout(len(readable), src.holdout_fraction)
+    splits = {"train": [i for i, test in zip(readable, is_test) if not test]}
     if is_test.any():
-      splits["test"] = [i for i in range(len(items)) if is_test[i]]
-    last = list(splits)[-1]
-    return {name: self._generate_examples(items, indices, decode, name == last)
-            for name, indices in splits.items()}
+      splits["test"] = [i for i, test in zip(readable, is_test) if test]
+    return {name: self._generate_examples(items, indices, decode) for name, indices in splits.items()}
 
-  def _generate_examples(self, items, indices, decode, is_last_split):
+  def _generate_examples(self, items, indices, decode):
     src = self.builder_config.source
     for i in indices:
       where, payload = items[i]
-      try:
-        image, label = decode(where, payload, src.channels)
-      except (OSError, ValueError, SyntaxError) as e:  # What PIL raises on damaged files.
-        self._corrupt.append(f"{where} ({type(e).__name__}: {e})")
-        continue
+      image, label = decode(where, payload, src.channels)
       image = preprocess.center_crop_resize(image, src.image_size, src.crop_size)
       # tfds encodes PIL images to PNG without TensorFlow (arrays would need it).
       yield i, {"image": PIL.Image.fromarray(image[..., 0] if src.channels == 1 else image), "label": label}
-    if is_last_split and self._corrupt:
-      shown = "; ".join(self._corrupt[:_CORRUPT_SHOWN])
-      more = f" and {len(self._corrupt) - _CORRUPT_SHOWN} more" if len(self._corrupt) > _CORRUPT_SHOWN else ""
-      message = f"{len(self._corrupt)} unreadable image(s): {shown}{more}"
-      if not src.skip_corrupt:
-        raise DataError(src.path, f"{message}. Fix or remove them, or set --config.data.skip_corrupt=True "
-                        "to leave them out")
-      warn(src.path, f"left out {message}")
+
+
+def _readable(items, decode, src: Source) -> list[int]:
+  """The indices of the items that decode. Unreadable ones raise one DataError listing them, or with
+  src.skip_corrupt are left out with one warning; none readable is a DataError either way."""
+  readable, corrupt = [], []
+  for i, (where, payload) in enumerate(items):
+    try:
+      decode(where, payload, src.channels)
+    except (OSError, ValueError, SyntaxError) as e:  # What PIL raises on damaged files.
+      corrupt.append(f"{where} ({type(e).__name__}: {e})")
+    else:
+      readable.append(i)
+  if corrupt:
+    shown = "; ".join(corrupt[:_CORRUPT_SHOWN])
+    more = f" and {len(corrupt) - _CORRUPT_SHOWN} more" if len(corrupt) > _CORRUPT_SHOWN else ""
+    message = f"{len(corrupt)} unreadable image(s): {shown}{more}"
+    if not src.skip_corrupt:
+      raise DataError(src.path, f"{message}. Fix or remove them, or set --config.data.skip_corrupt=True "
+                      "to leave them out")
+    if not readable:
+      raise DataError(src.path, f"no readable image: {message}")
+    warn(src.path, f"left out {message}")
+  return readable
+
+
+def _to_8_bit(image: PIL.Image.Image) -> PIL.Image.Image:
+  """A 16-bit grayscale image (modes I;16*, or I with values in [0, 65535]) as mode L, value v becoming
+  round(v * 255 / 65535): the full depth scaled, where PIL's convert would clip at 255. Others unchanged.
+  ValueError for images of other wide modes (32-bit I, F), which have no fixed scale."""
+  if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+    return image
+  values = np.asarray(image)
+  if image.mode == "F" or values.min() < 0 or values.max() > 65535:
+    raise ValueError(f"mode {image.mode} with values in [{values.min()}, {values.max()}]: save it as an 8-bit "
+                     "or 16-bit image")
+  return PIL.Image.fromarray(np.round(values.astype(np.float64) * (255 / 65535)).astype(np.uint8))
 
 
 def _decode_file(path: str, label: int, channels: int) -> tuple[np.ndarray, int]:
+  """(uint8 [H, W, channels], label) of an image file; 16-bit images at full depth (_to_8_bit)."""
   with PIL.Image.open(path) as image:
     image.load()
     if min(image.size) == 0:
       raise ValueError("empty image")
-    return np.asarray(preprocess.to_channels(image, channels)).reshape(image.size[1], image.size[0], channels), label
+    converted = preprocess.to_channels(_to_8_bit(image), channels)
+    return np.asarray(converted).reshape(image.size[1], image.size[0], channels), label
 
 
 def _decode_array(where: str, payload, channels: int) -> tuple[np.ndarray, int]:

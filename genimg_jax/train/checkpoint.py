@@ -3,11 +3,13 @@
 Orbax writes each checkpoint into a temporary directory and renames it when
 complete, so a crash mid-write leaves the previous checkpoints untouched. A
 checkpoint that is complete but unreadable (truncated or corrupted files) is
-moved aside as `<step>.corrupt` with a warning, and the next older one is used.
+skipped with a warning, and the next older one is used; training also moves it
+aside as `<step>.corrupt`, reading a run (sample, eval) changes nothing.
 """
 
 import json
 import os
+import re
 from typing import Any, NamedTuple
 
 import grain
@@ -49,9 +51,23 @@ def describe_mismatch(saved: dict[str, tuple], expected: dict[str, tuple], limit
   return "; ".join(problems[:limit]) + more
 
 
-def _first_line(error: Exception) -> str:
-  """'Type: the first line of the message', at most 200 characters of it."""
-  return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+_STATUS_WORDS = {"DATA_LOSS": "damaged data", "OUT_OF_RANGE": "a truncated file", "NOT_FOUND": "a missing file",
+                 "INVALID_ARGUMENT": "malformed data", "FAILED_PRECONDITION": "malformed data"}
+
+
+def describe_error(error: Exception) -> str:
+  """Why a checkpoint could not be read, in plain words: for a TensorStore error the array, the kind of damage
+  and the file, without the spec it appends; else 'Type: the first line of the message'. At most 300 characters."""
+  text = re.sub(r"\s*\[tensorstore_spec=.*\]\s*$", "", str(error), flags=re.S)
+  status = re.match(r"([A-Z_]+): ", text)
+  array = re.search(r'Error reading "([^"]+?)/?\.z(?:array|attrs|group)"', text)
+  files = re.findall(r'local file "([^"]+)"', text)
+  if status and (array or files):
+    words = _STATUS_WORDS.get(status.group(1), status.group(1).lower().replace("_", " "))
+    described = (f"array {array.group(1)}: " if array else "") + words + (f" in {files[-1]}" if files else "")
+  else:
+    described = f"{type(error).__name__}: {(text.splitlines() or [''])[0]}"
+  return described[:300]
 
 
 class Restored(NamedTuple):
@@ -67,11 +83,13 @@ class Checkpointer:
 
   Each step holds two items: `state` (the TrainState pytree) and `data` (the grain
   iterator's state, one file per process). Saves are asynchronous; `close` waits.
-  With create=False a missing directory is a CheckpointError (for reading a run).
+  With create=False the checkpoints are only read (sample, eval): nothing under the
+  directory is written, moved or deleted, and a missing directory is a CheckpointError.
   """
 
   def __init__(self, directory: str, keep: int = 3, create: bool = True):
     self.directory = os.path.abspath(directory)
+    self.read_only = not create
     if not create and not os.path.isdir(self.directory):
       raise CheckpointError(self.directory, "no checkpoint found (the directory does not exist)")
     distributed.barrier(f"checkpointer {self.directory}")  # Orbax's own syncs are gloo collectives.
@@ -83,7 +101,7 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=create,
+            preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=create, read_only=not create,
             enable_async_checkpointing=True),
         handler_registry=registry)
 
@@ -141,13 +159,14 @@ class Checkpointer:
     except CheckpointError:
       raise
     except Exception as e:  # Corrupt files fail in many ways (OSError, ValueError, tensorstore).
-      raise CheckpointError(path, f"unreadable checkpoint ({_first_line(e)})") from None
+      raise CheckpointError(path, f"unreadable checkpoint of step {step} ({describe_error(e)})") from None
 
   def restore_latest(self, abstract_state, data_iterator=None) -> "Restored | None":
     """The newest readable checkpoint (see `restore`), or None if there is none.
 
-    An unreadable checkpoint is moved aside (`<step>.corrupt`) with a warning and
-    the next older one is tried; a shape mismatch is a CheckpointError instead.
+    An unreadable checkpoint is skipped with a warning naming its step, path and damage, and
+    the next older one is tried; when training (not read_only) it is also moved aside as
+    `<step>.corrupt`, so that later saves do not count it. A shape mismatch is a CheckpointError.
     """
     steps = self.steps()[::-1]
     for step in steps:
@@ -157,12 +176,11 @@ class Checkpointer:
       except CheckpointError:
         raise
       except Exception as e:  # Corrupt files fail in many ways (OSError, ValueError, tensorstore).
-        moved = self._quarantine(step)
-        warn(path, f"unreadable checkpoint ({_first_line(e)}); "
-             f"moved to {moved}, trying an older one")
+        kept = "left as it is" if self.read_only else f"moved to {self._quarantine(step)}"
+        warn(path, f"unreadable checkpoint of step {step} ({describe_error(e)}); {kept}, trying an older one")
     if steps:
-      raise CheckpointError(self.directory, f"no readable checkpoint: steps {steps} are all corrupt "
-                            "(moved aside as <step>.corrupt)")
+      kept = "left as they are" if self.read_only else "moved aside as <step>.corrupt"
+      raise CheckpointError(self.directory, f"no readable checkpoint: steps {steps} are all unreadable ({kept})")
     return None
 
   def _quarantine(self, step: int) -> str:

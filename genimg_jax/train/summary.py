@@ -7,6 +7,7 @@ import ml_collections
 
 from genimg_jax import config as config_lib
 from genimg_jax import methods, seeds
+from genimg_jax.data import datasets
 from genimg_jax.methods.base import Method
 from genimg_jax.parallel import mesh as mesh_lib
 
@@ -33,6 +34,7 @@ def describe(config: ml_collections.ConfigDict) -> str:
   mesh = mesh_lib.make_mesh(config.mesh.fsdp)
   mesh_lib.local_batch_size(config.train.batch_size, mesh)
   method = methods.make(config)
+  datasets.check_config(config.data)  # What opening the data checks first, without touching files.
   devices = jax.devices()
   kinds = sorted({d.device_kind for d in devices})
   lines = [config_lib.to_json(config), ""]

@@ -7,6 +7,7 @@ Evaluation comes in from above (`make_evaluation`), so the trainer imports nothi
 evaluation/.
 """
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -27,6 +28,7 @@ from genimg_jax.parallel import distributed, functions
 from genimg_jax.parallel import mesh as mesh_lib
 from genimg_jax.train import checkpoint as ckpt_lib
 from genimg_jax.train import guards
+from genimg_jax.train import lock as lock_lib
 from genimg_jax.train import steps, workdir as workdir_lib
 from genimg_jax.train.writer import RunWriter
 
@@ -98,10 +100,11 @@ def _say(message: str, file=sys.stdout) -> None:
     print(message, file=file, flush=True)
 
 
-def _start(config, workdir: str, show_progress: bool, make_evaluation) -> tuple[_RunSetup, _LoopState]:
-  """Set-up: mesh, method, data, evaluation, and the state restored from the newest readable
-  checkpoint or initialised. Nothing is written before the state exists, so a config that does
-  not fit the run fails clean."""
+def _start(config, workdir: str, show_progress: bool, make_evaluation,
+           held: contextlib.ExitStack) -> tuple[_RunSetup, _LoopState]:
+  """Set-up: mesh, method, data, evaluation, the workdir's lock (entered into `held`), and the state
+  restored from the newest readable checkpoint or initialised. Nothing but the lock file is written
+  before the state exists, so a config that does not fit the run fails clean."""
   config_lib.validate_common(config)
   mesh = mesh_lib.make_mesh(config.mesh.fsdp)
   local_batch = mesh_lib.local_batch_size(config.train.batch_size, mesh)
@@ -109,7 +112,7 @@ def _start(config, workdir: str, show_progress: bool, make_evaluation) -> tuple[
   keys = seeds.root_keys(config.seed)
   source = datasets.open_split(config.data, config.data.train_split)
   _check_image_shape(source, config.data, method)
-  data_stream = lambda start_batch=0: iter(pipeline.train_dataset(
+  data_stream = lambda start_batch=0: iter((method.train_data or pipeline.train_dataset)(
       source, config.data, seed=config.seed, local_batch_size=local_batch,
       process_index=jax.process_index(), process_count=jax.process_count(), start_batch=start_batch))
   data_iter = data_stream()
@@ -126,6 +129,7 @@ def _start(config, workdir: str, show_progress: bool, make_evaluation) -> tuple[
     evaluation.prepare()  # Missing weights or data fail before the first step.
 
   abstract = workdir_lib.abstract_state(method, mesh, config.mesh.fsdp_min_size)
+  held.enter_context(lock_lib.WorkdirLock(workdir))  # Before anything in the workdir is read or written.
   checkpointer = ckpt_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir), config.train.keep_checkpoints)
   restored = checkpointer.restore_latest(abstract, data_iter)
   if restored is None:
@@ -214,9 +218,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
   make_evaluation(method, mesh) builds the evaluation run every config.eval.every steps
   (needed when that is set); with its best_metric also checkpoints_best/. Returns the final
   TrainState. Raises Preempted after checkpointing on SIGTERM/SIGINT or a preemption notice,
-  and TrainingDiverged after config.train.max_consecutive_nonfinite skipped updates.
+  TrainingDiverged after config.train.max_consecutive_nonfinite skipped updates, and
+  lock.WorkdirBusy if another run holds the workdir (its lock is held until this returns).
   """
-  setup, loop = _start(config, workdir, show_progress, make_evaluation)
+  with contextlib.ExitStack() as held:
+    setup, loop = _start(config, workdir, show_progress, make_evaluation, held)
+    return _loop(config, setup, loop)
+
+
+def _loop(config: ml_collections.ConfigDict, setup: _RunSetup, loop: _LoopState) -> TrainState:
+  """Steps from the loop's state to config.train.steps, running the periodic actions; returns the final state."""
   t = config.train
   debug_nans = config.debug.nans  # Keeps the pre-step state to re-run a bad step op by op.
   train_step = steps.jit_train_step(setup.method, setup.mesh, jax.tree.map(lambda x: x.sharding, loop.state),

@@ -37,16 +37,29 @@ def write_config(workdir: str, config: ml_collections.ConfigDict, start_step: in
         f.write(text)
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a training run saved in workdir; CheckpointError if missing or malformed."""
+TRUST_FLAG = "--trust_workdir_code"
+
+
+def read_config(workdir: str, trust_code: bool = False) -> ml_collections.ConfigDict:
+  """The resolved config a training run saved in workdir; CheckpointError if missing or malformed.
+
+  A workdir may come from anyone, so its config names no code to import (`module:attribute`) unless
+  trust_code: otherwise a ConfigError names the first such field, before anything is imported.
+  """
   path = config_path(workdir)
   if not os.path.isfile(path):
     raise CheckpointError(workdir, f"no {os.path.basename(path)} here: is this a `genimg train` workdir?")
   try:
     with open(path) as f:
-      return config_lib.from_json(f.read())
+      config = config_lib.from_json(f.read())
   except (ValueError, TypeError) as e:
     raise CheckpointError(path, f"not a valid resolved config ({e})") from None
+  imports = config_lib.import_paths(config)
+  if imports and not trust_code:
+    field, value = imports[0]
+    raise ConfigError(f"config.{field}", f"{value!r} in {path} names code to import, which a workdir's config "
+                      f"may not do; pass {TRUST_FLAG} to run it if you trust this workdir")
+  return config
 
 
 def abstract_state(method, mesh, fsdp_min_size: int):
