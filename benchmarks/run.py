@@ -3,7 +3,9 @@ r"""The benchmark suite: every family's train step and samplers, next to PyTorch
   python benchmarks/run.py                        # all families' configs (see FAMILY_CONFIGS)
   python benchmarks/run.py --configs ddpm_digits,vae_digits --torch eager,compile
   python benchmarks/run.py --configs edm_cifar10,flow_cifar10,dit_cifar10   # the diffusion processes and the DiT
-  python benchmarks/run.py --quick                # a smoke run of the whole suite, about a minute on a CPU
+  python benchmarks/run.py --configs meanflow_digits,consistency_digits,shortcut_digits   # the few-step processes
+  python benchmarks/run.py --quick                # a smoke run of the families (QUICK_CONFIGS), about a minute on a CPU
+  python benchmarks/run.py --quick --configs meanflow_digits,consistency_digits,shortcut_digits --torch eager
   python benchmarks/run.py --gpu_suite --dtypes bfloat16,float32 --jobs 3 --budget_s 420   # benchmarks/gpu.sh
 
 For each config, each measurement in a fresh subprocess (so peak memory and threads are its own):
@@ -15,7 +17,9 @@ For each config, each measurement in a fresh subprocess (so peak memory and thre
   network evaluations per image (NFE) and network passes per image (2 per NFE under guidance).
 - torch: the reference of the same architecture and objective (benchmarks/torch_reference/, parameter
   count checked equal to ours, else the run fails) trained on the same batch on the same device,
-  eagerly and under torch.compile (--torch), with ours/torch ratios in the table.
+  eagerly and under torch.compile (--torch), with ours/torch ratios in the table. A step torch.compile cannot
+  compile (MeanFlow's torch.func.jvp on torch 2.13's CPU) is reported 'unsupported' in its row, with the reason,
+  and the run goes on.
 Batches are synthetic (uniform noise in [-1, 1], and uniform labels for a class-conditional model), so
 the input pipeline is not timed here
 (benchmarks/data_speed.py). Prints markdown tables and writes JSON (--out) and the tables (--markdown), both
@@ -29,6 +33,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import resource
 import signal
 import statistics
@@ -41,7 +46,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each family, and the diffusion family's other processes and backbone: (its CIFAR-10-sized config, its CPU
-# demo config).
+# demo config), or its CPU demo config alone.
 FAMILY_CONFIGS = {
     "diffusion": ("ddpm_cifar10", "ddpm_digits"),
     "gan": ("sngan_cifar10", "dcgan_digits"),
@@ -51,6 +56,11 @@ FAMILY_CONFIGS = {
     "flow": ("flow_cifar10", "flow_digits"),
     "dit": ("dit_cifar10", "dit_digits"),  # DiT trained as a flow
     "guided": ("flow_cifar10_cond", "flow_digits_cond"),  # class-conditional flow, with the guided samplers
+    # The few-step processes: their CPU demos only (their UNet is ddpm_digits', with a second time input for
+    # MeanFlow and the shortcut model).
+    "meanflow": ("meanflow_digits",),
+    "consistency": ("consistency_digits",),
+    "shortcut": ("shortcut_digits",),
 }
 # Sampler variants: name -> config overrides. Unlisted fields keep the config's values.
 # Guided variants guide at every step (two network passes per evaluation), whatever the config's interval.
@@ -71,6 +81,14 @@ SAMPLE_VARIANTS = {
        for n in (5, 10, 18, 35, 50)},
     "flow-heun-25": {"sample.sampler": "heun", "sample.steps": 25, "sample.guidance": 0.0},
     "flow-em-50": {"sample.sampler": "euler_maruyama", "sample.steps": 50, "sample.guidance": 0.0},
+    # The few-step processes: MeanFlow's jumps, consistency's one step and CM's multistep (Algorithm 1),
+    # the shortcut model's equal steps; NFE = steps.
+    "meanflow-1": {"sample.sampler": "meanflow", "sample.steps": 1},
+    "meanflow-2": {"sample.sampler": "meanflow", "sample.steps": 2},
+    "consistency-1": {"sample.sampler": "onestep"},
+    "consistency-multistep-2": {"sample.sampler": "multistep", "sample.steps": 2},
+    "shortcut-1": {"sample.sampler": "shortcut", "sample.steps": 1},
+    "shortcut-4": {"sample.sampler": "shortcut", "sample.steps": 4},
     # Classifier-free guidance at scale 1 (class-conditional models trained with label dropout): two
     # network passes per NFE.
     "edm-heun-18-guided": {"sample.sampler": "heun", "sample.steps": 18, "sample.guidance": 1.0,
@@ -85,6 +103,9 @@ SAMPLE_VARIANTS = {
 DEFAULT_VARIANTS = {"ddpm": ["ddim-50", "ddpm"], "edm": ["edm-heun-3", "edm-heun-5", "edm-heun-9", "edm-heun-18"],
                     "flow": ["flow-euler-5", "flow-euler-10", "flow-euler-18", "flow-euler-35", "flow-euler-50",
                              "flow-heun-25", "flow-em-50"],
+                    "meanflow": ["meanflow-1", "meanflow-2"], "consistency": ["consistency-1",
+                                                                             "consistency-multistep-2"],
+                    "shortcut": ["shortcut-1", "shortcut-4"],
                     "vae": ["vae-sample"], "autoregressive": ["cached"], "gan": ["generator"]}
 GUIDED_VARIANTS = {"edm": ["edm-heun-18-guided"], "flow": ["flow-euler-50-guided", "flow-heun-25-guided"]}
 # A DiT of about the digits UNet's size (1.27M parameters against 1.11M): patch 2, width 128, 4 blocks.
@@ -107,15 +128,21 @@ CONFIG_VARIANTS = {
 # update) and so cannot take --batch_size's default: 5 slices of 32.
 DEFAULT_BATCH_SIZES = {"sngan_cifar10": 5 * 32}
 # --quick: the demo configs shrunk (8x8 images, narrow networks, T=100), 1 window of 2 steps.
+QUICK_UNET = {"data.image_size": 8, "model.ch": 16, "model.ch_mult": (1, 2), "model.num_res_blocks": 1,
+              "model.attn_resolutions": (4,), "model.norm_groups": 4}
 QUICK_OVERRIDES = {
-    "ddpm_digits": {"data.image_size": 8, "model.ch": 16, "model.ch_mult": (1, 2), "model.num_res_blocks": 1,
-                    "model.attn_resolutions": (4,), "model.norm_groups": 4, "diffusion.num_timesteps": 100,
-                    "sample.steps": 10},
+    "ddpm_digits": {**QUICK_UNET, "diffusion.num_timesteps": 100, "sample.steps": 10},
     "dcgan_digits": {"data.image_size": 8, "model.g_ch": 8, "model.d_ch": 8, "model.ch_mult": (1, 2)},
     "vae_digits": {"data.image_size": 8, "model.ch": 16, "model.ch_mult": (1, 2), "model.latent_dim": 8},
     "igpt_digits": {"data.image_size": 8, "model.num_layers": 2, "model.width": 32, "model.num_heads": 2},
     "dit_digits_cond": {"data.image_size": 8, "model.hidden_size": 32, "model.depth": 2, "model.num_heads": 2},
+    "meanflow_digits": QUICK_UNET,
+    "consistency_digits": QUICK_UNET,
+    "shortcut_digits": QUICK_UNET,
 }
+# What --quick measures without --configs: the families and the DiT, about a minute on a CPU. The few-step
+# processes' quick rows (their train steps compile in 20-80 s on 2 cores) run with --configs.
+QUICK_CONFIGS = ["ddpm_digits", "dcgan_digits", "vae_digits", "igpt_digits", "dit_digits_cond"]
 # --quick's sampler variants where not the defaults: one that doubles the NFE (Heun) and the passes (guidance).
 QUICK_SAMPLERS = {"dit_digits_cond": ["flow-heun-25-guided"]}
 # --gpu_suite (benchmarks/gpu.sh): the accelerator-sized configs, name -> (batch on one GPU, its sampler). The
@@ -320,17 +347,26 @@ def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per
     loss.item()  # waits for the device
     return time.perf_counter() - start
 
-  compile_s = run(1)  # the first step: torch.compile's compilation, or eager warm-up
+  # The file that defines the (first) network: named if the parameter counts differ.
+  module = type(next(iter(reference.modules.values()))).__module__.rsplit(".", 1)[-1]
+  row = {"mode": mode, "torch": torch.__version__, "device": str(device), "params": reference.num_params,
+         "float32_matmul": torch.get_float32_matmul_precision(), "module": module}
+  try:
+    compile_s = run(1)  # the first step: torch.compile's compilation, or eager warm-up
+  except torch._dynamo.exc.TorchDynamoException as e:
+    if mode != "compile":
+      raise
+    # A step torch.compile cannot compile (MeanFlow's torch.func.jvp on a CPU): the row says so, the run goes on.
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    reason = re.sub(r" at 0x[0-9a-f]+", "", " ".join(lines[:2]).split("(*")[0])[:300]
+    return dict(row, unsupported=f"torch.compile failed in the first step: {type(e).__name__}: {reason}")
   with lock.held():
     run(1)
     step_s = statistics.median(run(steps_per_window) / steps_per_window for _ in range(windows))
   peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-  # The file that defines the (first) network: named if the parameter counts differ.
-  module = type(next(iter(reference.modules.values()))).__module__.rsplit(".", 1)[-1]
-  return {"mode": mode, "torch": torch.__version__, "device": str(device), "params": reference.num_params,
-          "float32_matmul": torch.get_float32_matmul_precision(), "module": module, "first_step_s": compile_s,
-          "train_step_s": step_s, "train_images_per_s": config.train.batch_size / step_s, "peak_memory_MiB": peak}
+  return dict(row, first_step_s=compile_s, train_step_s=step_s, train_images_per_s=config.train.batch_size / step_s,
+              peak_memory_MiB=peak)
 
 
 class MeasurementFailed(Exception):
@@ -399,8 +435,11 @@ def train_table(rows: list[dict], torch_modes: list[str]) -> str:
              f"{r['peak_memory_MiB']:.0f} ({r['peak_memory_kind']})"]
     for mode in torch_modes:
       t = r["torch"].get(mode)
-      cells += [_rate(t["train_images_per_s"]), f"{r['train_images_per_s'] / t['train_images_per_s']:.2f}"] \
-          if t else ["-", "-"]
+      if t and "unsupported" in t:
+        cells += ["unsupported", "-"]
+      else:
+        cells += [_rate(t["train_images_per_s"]), f"{r['train_images_per_s'] / t['train_images_per_s']:.2f}"] \
+            if t else ["-", "-"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -437,6 +476,8 @@ def _time_note(result: dict) -> str:
     parts += [f"{spec} compile {s['compile_s']:.1f} s" for spec, s in result["samplers"].items()]
   if "first_step_s" in result:
     parts.append(f"first step {result['first_step_s']:.1f} s")
+  if "unsupported" in result:
+    parts.append(result["unsupported"])
   if result.get("device_wait_s"):
     parts.append(f"waited {result['device_wait_s']:.1f} s for the device")
   return ", ".join(parts)
@@ -447,6 +488,10 @@ def report_markdown(rows: list[dict], torch_modes: list[str], peaks: dict, incom
   parts = [train_table(rows, torch_modes), sample_table(rows),
            "peak FLOP/s (matmul): " + ", ".join(f"{d} {p['flops_per_s'] / 1e12:.3g} TFLOP/s (n={p['matmul_size']})"
                                                 for d, p in peaks.items())]
+  unsupported = [f"{r['dtype']} {r['config']} torch {mode}: {t['unsupported']}" for r in rows
+                 for mode, t in r["torch"].items() if "unsupported" in t]
+  if unsupported:
+    parts.append("unsupported: " + "; ".join(unsupported))
   if incomplete:
     parts.append("not measured: " + "; ".join(f"{i['dtype']} {i['config']} {i['measurement']} ({i['status']})"
                                               for i in incomplete))
@@ -464,8 +509,9 @@ def _write(path: str, text: str) -> str:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--configs", help="comma-separated configs (default: every family's pair in FAMILY_CONFIGS; "
-                      "with --quick or --gpu_suite, a subset of theirs)")
+  parser.add_argument("--configs", help="comma-separated configs (default: every config in FAMILY_CONFIGS; "
+                      "with --quick QUICK_CONFIGS, or a subset of QUICK_OVERRIDES; with --gpu_suite a subset of "
+                      "GPU_SUITE)")
   parser.add_argument("--batch_size", type=int, help="for every config (default: 32, or DEFAULT_BATCH_SIZES; "
                       "GPU_SUITE's with --gpu_suite)")
   parser.add_argument("--dtypes", "--dtype", help="comma-separated compute dtypes (float32, bfloat16), a pass over "
@@ -522,7 +568,8 @@ def main() -> None:
     if suite and set(names) - set(suite):
       sys.exit(f"--configs: {sorted(set(names) - set(suite))} not in the suite's {list(suite)}")
   else:
-    names = list(suite) if suite else [n for pair in FAMILY_CONFIGS.values() for n in pair]
+    names = QUICK_CONFIGS if args.quick else list(suite) if suite else [n for names in FAMILY_CONFIGS.values()
+                                                                         for n in names]
   if args.quick:
     args.windows, args.steps_per_window, args.sample_num = 1, 2, 2
   args.windows = args.windows or (3 if args.gpu_suite else 5)
@@ -640,7 +687,8 @@ def main() -> None:
         for mode, result in results.items():
           if result:
             require_same_params(name, result["module"], row["params"], result["params"])
-            result["ours_per_torch"] = row["train_images_per_s"] / result["train_images_per_s"]
+            if "unsupported" not in result:
+              result["ours_per_torch"] = row["train_images_per_s"] / result["train_images_per_s"]
             row["torch"][mode] = result
         rows.append(row)
       write_report()

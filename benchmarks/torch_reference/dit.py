@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.torch_reference.layers import timestep_embedding
+from benchmarks.torch_reference.layers import split_times, timestep_embedding
 
 TIME_FREQUENCIES = 256
 LAYER_NORM_EPS = 1e-6
@@ -69,22 +69,28 @@ class DiT(nn.Module):
   -> [B, out_ch, H, W] float32.
 
   labels in [0, num_classes]; num_classes (and labels=None) is the null class. With
-  num_classes = 0 there is no class table and labels are ignored.
+  num_classes = 0 there is no class table and labels are ignored. With time_inputs = 2, t is
+  [B, 2] (MeanFlow's (t, t - r), a shortcut model's (t, d)): each column embedded by its own MLP, summed.
   """
 
   def __init__(self, *, in_ch: int, image_size: int, patch_size: int, hidden_size: int, depth: int,
-               num_heads: int, out_ch: int, mlp_ratio: float = 4.0, num_classes: int = 0, dropout: float = 0.0):
+               num_heads: int, out_ch: int, mlp_ratio: float = 4.0, num_classes: int = 0, dropout: float = 0.0,
+               time_inputs: int = 1):
     super().__init__()
     if image_size % patch_size:
       raise ValueError(f"DiT: image size {image_size} is not divisible by patch_size={patch_size}")
     if hidden_size % num_heads:
       raise ValueError(f"DiT: hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
-    self.patch_size, self.out_ch, self.num_classes = patch_size, out_ch, num_classes
+    self.patch_size, self.out_ch, self.num_classes, self.time_inputs = patch_size, out_ch, num_classes, time_inputs
     self.patch_embed = nn.Conv2d(in_ch, hidden_size, patch_size, stride=patch_size)
     pos = sincos_pos_embedding(hidden_size, image_size // patch_size)
     self.register_buffer("pos_embed", torch.tensor(pos, dtype=torch.float32)[None], persistent=False)
     self.time_in = nn.Linear(TIME_FREQUENCIES, hidden_size)
     self.time_out = nn.Linear(hidden_size, hidden_size)
+    # Ours' time_{i}_in, time_{i}_out for the times after the first.
+    self.extra_times = nn.ModuleList(nn.Sequential(nn.Linear(TIME_FREQUENCIES, hidden_size), nn.SiLU(),
+                                                   nn.Linear(hidden_size, hidden_size))
+                                     for _ in range(time_inputs - 1))
     self.label_embed = nn.Embedding(num_classes + 1, hidden_size) if num_classes else None
     self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, dropout) for _ in range(depth)])
     self.final_ada_ln = nn.Linear(hidden_size, 2 * hidden_size)
@@ -104,6 +110,9 @@ class DiT(nn.Module):
       nn.init.normal_(self.label_embed.weight, std=0.02)
     nn.init.normal_(self.time_in.weight, std=0.02)
     nn.init.normal_(self.time_out.weight, std=0.02)
+    for mlp in self.extra_times:
+      nn.init.normal_(mlp[0].weight, std=0.02)
+      nn.init.normal_(mlp[2].weight, std=0.02)
     for layer in [block.ada_ln for block in self.blocks] + [self.final_ada_ln, self.final_proj]:
       nn.init.zeros_(layer.weight)
       nn.init.zeros_(layer.bias)
@@ -112,7 +121,10 @@ class DiT(nn.Module):
     b, _, height, width = x.shape
     p = self.patch_size
     tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # [B, L, D]
-    c = self.time_out(F.silu(self.time_in(timestep_embedding(t, TIME_FREQUENCIES))))
+    first, *others = split_times(t, self.time_inputs)
+    c = self.time_out(F.silu(self.time_in(timestep_embedding(first, TIME_FREQUENCIES))))
+    for mlp, time in zip(self.extra_times, others):
+      c = c + mlp(timestep_embedding(time, TIME_FREQUENCIES))
     if self.label_embed is not None:
       if labels is None:
         labels = torch.full((b,), self.num_classes, dtype=torch.long, device=x.device)

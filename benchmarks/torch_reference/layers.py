@@ -26,6 +26,18 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
   return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 
 
+def split_times(t: torch.Tensor, time_inputs: int) -> list[torch.Tensor]:
+  """The network's times as `time_inputs` tensors [B], as ours' layers.split_times: t itself when there is one
+  ([B]), else its columns ([B, time_inputs])."""
+  if time_inputs == 1:
+    if t.dim() != 1:
+      raise ValueError(f"the network takes one time per image, [B]; got shape {tuple(t.shape)}")
+    return [t]
+  if t.dim() != 2 or t.shape[1] != time_inputs:
+    raise ValueError(f"the network takes {time_inputs} times per image, [B, {time_inputs}]; got {tuple(t.shape)}")
+  return list(t.unbind(1))
+
+
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
   return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1)
 
