@@ -1,30 +1,37 @@
-r"""Sample quality of the three diffusion processes on the CPU digits demos, at one training budget.
+r"""Sample quality of the diffusion processes on the CPU digits demos, at one training wall time.
 
   python benchmarks/diffusion_quality.py --workdir_root runs/quality
   python benchmarks/diffusion_quality.py --workdir_root runs/quality --headline_samples 1000   # without N = 10000
+  python benchmarks/diffusion_quality.py --workdir_root runs/quality --processes meanflow,consistency,shortcut
   python benchmarks/diffusion_quality.py --workdir_root /tmp/quality --quick    # a smoke test
 
 Wall time on 2 shared CPU cores (2026-12-01): the evals 34 minutes (each N = 10000 one 6-7 minutes,
 about 0.75 ms per image and NFE), plus about 10 minutes per run it has to train (18 minutes
 measured at load average 5-8); --quick 4 minutes at load average 6.
 
-configs/ddpm_digits.py (eps prediction), edm_digits.py and flow_digits.py (rectified flow) share
-one UNet, batch and optimizer and differ only in the process, so a training step costs the same in
-each: the same training budget is the same number of steps, 1500 (ddpm_digits' 2000 overridden).
+The multi-step processes, configs/ddpm_digits.py (eps prediction), edm_digits.py and flow_digits.py
+(rectified flow), share one UNet, batch and optimizer and differ only in the process, so a training step
+costs the same in each: the same training budget is the same number of steps, 1500 (ddpm_digits' 2000
+overridden). The one- and few-step processes, meanflow_digits, consistency_digits and shortcut_digits, cost
+more per step (a jvp; a teacher pass; the self-consistency rows' two extra passes): each trains its
+config's own number of steps, sized to flow_digits' wall time; the training table shows each loop's wall
+seconds, so the budgets can be compared.
 <workdir_root>/<process> is trained with `genimg train` (output in <workdir_root>/<process>.log,
-ending in its wall time) only when its checkpoint of step 1500 is missing. The training loop's wall
+ending in its wall time) only when its checkpoint of the final step is missing. The training loop's wall
 time and steps/s come from the run's metrics.jsonl (the sum of its logged windows: compilation and
 the preview grids included, start-up and the last grid not), the process's from the log's last line.
 
-Every number is one `genimg eval --feature_net classifier --seed 0 --checkpoint 1500` of the EMA
+Every number is one `genimg eval --feature_net classifier --seed 0 --checkpoint <final step>` of the EMA
 parameters, against the 1497 digits training images (the reference the digits configs use):
 1. NFE vs FID at 1000 samples: DDIM (ddpm) and flow Euler at 5, 10, 18, 35 and 50 steps; EDM
    Heun (N steps: 2N - 1 NFE) at 3, 5, 9, 18 and 25 steps and flow Heun (2N NFE) at 3, 5, 9, 18
-   and 25 steps, the NFE nearest those (EDM's ties broken downwards, to no more than the others).
-2. Each process with its config's sampler at 35-50 NFE (DDIM-50, EDM Heun-18, flow Euler-50):
-   FID, Inception Score and precision/recall at each --headline_samples (1000 and 10000).
+   and 25 steps, the NFE nearest those (EDM's ties broken downwards, to no more than the others);
+   MeanFlow's jumps, consistency's one- and multi-step sampling and the shortcut model at 1, 2 and 4 NFE.
+2. The headline rows: each multi-step process with its config's sampler at 35-50 NFE (DDIM-50, EDM
+   Heun-18, flow Euler-50), each one- and few-step process at 1, 2 and 4 NFE: FID, Inception Score and
+   precision/recall at each --headline_samples (1000 and 10000).
 The NFE is the one the eval reports. Runs evaluate one at a time (the CPU is the bottleneck).
-An eval's report (<run>/eval/eval_0001500.json, shared by every eval of that step) is copied, its
+An eval's report (<run>/eval/eval_<step>.json, shared by every eval of that step) is copied, its
 entries of the metrics asked for with the command and its wall seconds, to
 <workdir_root>/reports/<process>-<sampler>-<steps>-n<N>.json before the next eval; a measurement
 whose file already holds the metrics it needs is not run again (delete the file to measure again).
@@ -42,14 +49,22 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TRAIN_STEPS = 1500
-# process -> (config, {sampler: sweep steps}, the headline (sampler, steps)).
+MULTISTEP_TRAIN_STEPS = 1500
+FEW_STEPS = (1, 2, 4)
+# process -> (config, training steps, {sampler: sweep steps}, the headline [(sampler, steps)]).
 PROCESSES = {
-    "ddpm": ("ddpm_digits", {"ddim": (5, 10, 18, 35, 50)}, ("ddim", 50)),
-    "edm": ("edm_digits", {"heun": (3, 5, 9, 18, 25)}, ("heun", 18)),
-    "flow": ("flow_digits", {"euler": (5, 10, 18, 35, 50), "heun": (3, 5, 9, 18, 25)}, ("euler", 50)),
+    "ddpm": ("ddpm_digits", MULTISTEP_TRAIN_STEPS, {"ddim": (5, 10, 18, 35, 50)}, [("ddim", 50)]),
+    "edm": ("edm_digits", MULTISTEP_TRAIN_STEPS, {"heun": (3, 5, 9, 18, 25)}, [("heun", 18)]),
+    "flow": ("flow_digits", MULTISTEP_TRAIN_STEPS, {"euler": (5, 10, 18, 35, 50), "heun": (3, 5, 9, 18, 25)},
+             [("euler", 50)]),
+    "meanflow": ("meanflow_digits", 1200, {"meanflow": FEW_STEPS}, [("meanflow", n) for n in FEW_STEPS]),
+    "consistency": ("consistency_digits", 1200, {"onestep": (1,), "multistep": FEW_STEPS[1:]},
+                    [("onestep", 1)] + [("multistep", n) for n in FEW_STEPS[1:]]),
+    "shortcut": ("shortcut_digits", 1300, {"shortcut": FEW_STEPS}, [("shortcut", n) for n in FEW_STEPS]),
 }
-SAMPLER_NAMES = {"ddim": "DDIM", "heun": "Heun", "euler": "Euler"}
+PROCESSES_MULTISTEP = ("ddpm", "edm", "flow")
+SAMPLER_NAMES = {"ddim": "DDIM", "heun": "Heun", "euler": "Euler", "meanflow": "jumps", "onestep": "one step",
+                 "multistep": "multistep", "shortcut": "shortcut"}
 SWEEP_SAMPLES = 1000
 # --quick: a narrow UNet trained 20 steps, one sweep point per sampler (the headline's where there is one),
 # 64 samples.
@@ -57,10 +72,15 @@ QUICK_STEPS = 20
 QUICK_TRAIN = {"model.ch": 16, "model.ch_mult": "(1,2)", "model.attn_resolutions": "(8,)", "train.log_every": 10,
                "train.checkpoint_every": QUICK_STEPS, "train.sample_every": QUICK_STEPS, "train.num_samples": 16,
                "diffusion.num_timesteps": 100, "sample.steps": 10}
+# The one- and few-step configs sample in 1 NFE; the shortcut's steps must be a power of two.
+QUICK_FEW_STEP_TRAIN = dict(QUICK_TRAIN, **{"sample.steps": 1})
 QUICK_PROCESSES = {
-    "ddpm": ("ddpm_digits", {"ddim": (5,)}, ("ddim", 5)),
-    "edm": ("edm_digits", {"heun": (3,)}, ("heun", 3)),
-    "flow": ("flow_digits", {"euler": (5,), "heun": (3,)}, ("euler", 5)),
+    "ddpm": ("ddpm_digits", QUICK_STEPS, {"ddim": (5,)}, [("ddim", 5)]),
+    "edm": ("edm_digits", QUICK_STEPS, {"heun": (3,)}, [("heun", 3)]),
+    "flow": ("flow_digits", QUICK_STEPS, {"euler": (5,), "heun": (3,)}, [("euler", 5)]),
+    "meanflow": ("meanflow_digits", QUICK_STEPS, {"meanflow": (1,)}, [("meanflow", 1)]),
+    "consistency": ("consistency_digits", QUICK_STEPS, {"onestep": (1,)}, [("onestep", 1)]),
+    "shortcut": ("shortcut_digits", QUICK_STEPS, {"shortcut": (1,)}, [("shortcut", 1)]),
 }
 QUICK_SAMPLES = 64
 
@@ -200,7 +220,7 @@ def tables(report: dict) -> str:
   """The markdown: how it was measured, then training, the NFE sweep and the headline rows."""
   first = (report["sweep"] or report["headline"])[0]
   how = (f"Feature net: {first['feature_net']}; reference: {first['reference']}; seed {first['seed']}; "
-         f"EMA parameters at step {report['train_steps']}; commit {report['git']['commit'][:10]}"
+         f"EMA parameters at each run's final step; commit {report['git']['commit'][:10]}"
          f"{' (uncommitted changes)' if report['git']['dirty'] else ''}; {report['machine']['cpu_count']} CPUs "
          f"({report['machine']['cpu']}), load average {report['loadavg_before']} before, "
          f"{report['loadavg_after']} after.")
@@ -250,7 +270,7 @@ def plot(report: dict, path: str) -> None:
     axis.set_minor_formatter(ticker.NullFormatter())
   axes.set_xlabel("network evaluations per image (NFE)")
   axes.set_ylabel(f"FID ({report['sweep_samples']} samples, classifier features)")
-  axes.set_title(f"digits 16x16, {report['train_steps']} training steps each")
+  axes.set_title("digits 16x16, about one training wall time each")
   axes.grid(True, which="both", alpha=0.3)
   axes.legend()
   figure.tight_layout()
@@ -260,9 +280,11 @@ def plot(report: dict, path: str) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir_root", required=True, help="the runs: <root>/ddpm, <root>/edm, <root>/flow")
+  parser.add_argument("--workdir_root", required=True, help="the runs: <root>/<process>, e.g. <root>/flow")
   parser.add_argument("--headline_samples", default="1000,10000", help="comma-separated sample counts of the "
                       "headline rows")
+  parser.add_argument("--processes", default=",".join(PROCESSES), help="comma-separated processes to train and "
+                      "evaluate (default: all)")
   parser.add_argument("--quick", action="store_true", help=f"a smoke test: runs in <root>/quick trained "
                       f"{QUICK_STEPS} steps with a narrow UNet, one NFE per sampler, {QUICK_SAMPLES} samples")
   parser.add_argument("--out", help="the JSON; .md and .png go next to it (default: "
@@ -272,42 +294,48 @@ def main() -> None:
   root = os.path.abspath(args.workdir_root)
   if args.quick:
     root = os.path.join(root, "quick")
-    processes, train_steps, overrides = QUICK_PROCESSES, QUICK_STEPS, QUICK_TRAIN
+    processes = QUICK_PROCESSES
+    overrides = {name: QUICK_TRAIN if name in PROCESSES_MULTISTEP else QUICK_FEW_STEP_TRAIN for name in processes}
     sweep_samples, headline_samples = QUICK_SAMPLES, [QUICK_SAMPLES]
   else:
-    processes, train_steps, overrides = PROCESSES, TRAIN_STEPS, {}
+    processes, overrides = PROCESSES, {name: {} for name in PROCESSES}
     sweep_samples = SWEEP_SAMPLES
     headline_samples = [int(n) for n in args.headline_samples.split(",") if n]
+  chosen = [name for name in args.processes.split(",") if name]
+  unknown = sorted(set(chosen) - set(processes))
+  if unknown:
+    parser.error(f"--processes: unknown {unknown}; choose from {sorted(processes)}")
+  processes = {name: processes[name] for name in chosen}
   out = args.out or (os.path.join(root, "diffusion_quality.json") if args.quick
                      else os.path.join(REPO, "benchmarks", "results", "diffusion_quality.json"))
   os.makedirs(root, exist_ok=True)
   loadavg_before = _loadavg()
 
   workdirs, training = {}, {}
-  for process, (config, _, _) in processes.items():
-    workdirs[process] = ensure_trained(root, process, config, train_steps, overrides)
-    training[process] = dict(config=config, **training_speed(root, process, workdirs[process], train_steps))
+  for process, (config, steps, _, _) in processes.items():
+    workdirs[process] = ensure_trained(root, process, config, steps, overrides[process])
+    training[process] = dict(config=config, **training_speed(root, process, workdirs[process], steps))
+
+  def evaluate(process: str, sampler: str, steps: int, n: int, metrics: tuple[str, ...]) -> dict:
+    train_steps = processes[process][1]
+    saved = measure(root, process, workdirs[process], train_steps, sampler, steps, n, metrics)
+    return dict(row_of(process, saved), **training[process])
 
   def headline_rows(n: int) -> list[dict]:
-    rows = []
-    for process, (_, _, (sampler, steps)) in processes.items():
-      saved = measure(root, process, workdirs[process], train_steps, sampler, steps, n, ("fid", "is", "pr"))
-      rows.append(dict(row_of(process, saved), **training[process]))
-    return rows
+    return [evaluate(process, sampler, steps, n, ("fid", "is", "pr"))
+            for process, (_, _, _, headline) in processes.items() for sampler, steps in headline]
 
   # The smallest headline sample count first: its rows (fid, is, pr) also serve the sweep's points there.
   counts = sorted(headline_samples)
   headline = headline_rows(counts[0]) if counts else []
-  sweep = []
-  for process, (_, samplers, _) in processes.items():
-    for sampler, all_steps in samplers.items():
-      for steps in all_steps:
-        saved = measure(root, process, workdirs[process], train_steps, sampler, steps, sweep_samples, ("fid",))
-        sweep.append(dict(row_of(process, saved), **training[process]))
+  sweep = [evaluate(process, sampler, steps, sweep_samples, ("fid",))
+           for process, (_, _, samplers, _) in processes.items()
+           for sampler, all_steps in samplers.items() for steps in all_steps]
   for n in counts[1:]:
     headline += headline_rows(n)
 
-  report = {"train_steps": train_steps, "sweep_samples": sweep_samples, "headline_samples": headline_samples,
+  report = {"train_steps": {process: spec[1] for process, spec in processes.items()},
+            "sweep_samples": sweep_samples, "headline_samples": headline_samples,
             "quick": args.quick, "workdir_root": root, "git": _git_commit(), "machine": _machine(),
             "loadavg_before": loadavg_before, "loadavg_after": _loadavg(), "training": training, "sweep": sweep,
             "headline": headline}
