@@ -81,7 +81,9 @@ def parser() -> argparse.ArgumentParser:
       parents=[distributed])
   evaluate.add_argument("--workdir", help="a `genimg train` workdir")
   evaluate.add_argument("--metrics", help="comma-separated from fid, kid, is, pr (precision/recall), acc "
-                        "(class-conditional: generated images classified as asked), bpd (held-out eval_step metrics)")
+                        "(class-conditional: generated images classified as asked), bpd (held-out eval_step "
+                        "metrics), rfid (autoencoders: FID of reconstructions of data.eval_split, and the latents' "
+                        "statistics)")
   evaluate.add_argument("--num_samples", type=int, help="generated images for fid, kid, is, pr and acc")
   evaluate.add_argument("--batch_size", type=int, help="global batch for sampling and features")
   evaluate.add_argument("--feature_net", help="inception | classifier | auto")
