@@ -9,7 +9,7 @@ Command:
   then `genimg eval --workdir runs/meanflow_digits_cond --metrics fid,acc --num_samples 1000` (1 NFE)
 Hardware: sized for a 2-core CPU (no accelerator).
 Wall time: not measured yet (one more network pass per step than meanflow_digits, for u(z, t, t | null)).
-Expected result: not measured yet. Goal (issue 24): the digit classifier agrees with the requested class
+Expected result: not measured yet. Goal: the digit classifier agrees with the requested class
   on >= 95% of 1-NFE samples.
 """
 

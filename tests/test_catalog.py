@@ -17,6 +17,7 @@ CONFIGS = {
     "celeb_a": (64, 3, "validation"),
     "imagenet_resized/32x32": (32, 3, "validation"),
     "imagenet_resized/64x64": (64, 3, "validation"),
+    "imagenet2012": (64, 3, "validation"),  # images of any size: center-cropped and resized
 }
 
 

@@ -6,14 +6,21 @@ config.method selects one of METHODS, or the user's own `make(config) -> Method`
 import ml_collections
 
 from genimg_jax.config import require
-from genimg_jax.methods import autoencoder, autoregressive, diffusion, gan, vae
+from genimg_jax.methods import autoencoder, autoregressive, diffusion, gan, latent, vae
 from genimg_jax.methods.base import Method
 from genimg_jax.registry import Registry
 
 METHODS = Registry("method", "method")
+
+
+@METHODS.register("diffusion")
+def _diffusion(config: ml_collections.ConfigDict) -> Method:
+  """Diffusion on pixels, or on an autoencoder's latents when config.autoencoder.workdir names one."""
+  return latent.make(config) if latent.is_latent(config) else diffusion.make(config)
+
+
 METHODS.register("autoencoder")(autoencoder.make)
 METHODS.register("autoregressive")(autoregressive.make)
-METHODS.register("diffusion")(diffusion.make)
 METHODS.register("gan")(gan.make)
 METHODS.register("vae")(vae.make)
 

@@ -62,6 +62,9 @@ class Method:
   reconstruct(params, images [B, H, W, C]) -> (reconstructions [B, H, W, C] float32 in [-1, 1],
     latents [B, ...] float32), or None: an autoencoder's deterministic round trip, for rFID and the
     latents' statistics (`genimg eval --metrics rfid`).
+  train_data(source, data, *, seed, local_batch_size, process_index, process_count, start_batch) -> the
+    training stream in place of data.pipeline.train_dataset's (same arguments and order), or None: that one.
+    A latent method's: the cached latents of the split (methods/latent.py).
   """
 
   init: Callable[[jax.Array], TrainState]
@@ -76,6 +79,7 @@ class Method:
   count_network_passes: Callable[[], int] | None = None
   networks: tuple[str, ...] = ()
   reconstruct: Callable[[PyTree, jax.Array], tuple[jax.Array, jax.Array]] | None = None
+  train_data: Callable[..., Any] | None = None
 
   @functools.cached_property
   def sample_network_passes(self) -> int:

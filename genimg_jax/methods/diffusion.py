@@ -126,6 +126,14 @@ def default_config() -> ml_collections.ConfigDict:
           "preview_sampler": "",  # "" or a sampler as `sampler`
           "preview_steps": 50,  # steps of the preview
       },
+      # Latent diffusion (methods/latent.py): a trained autoencoder run whose latents the network models;
+      # "" trains on pixels.
+      "autoencoder": {
+          "workdir": "",  # a `genimg train` workdir of method autoencoder
+          "checkpoint": "latest",  # its checkpoint: latest | best | a step number
+          "pinned_dir": "",  # set by genimg train, sample and eval: the copy of it in this run's workdir
+          "required": False,  # genimg train refuses an empty workdir (a latent config; it builds on pixels)
+      },
   })
 
 
@@ -160,8 +168,13 @@ def _sampler(process, name: str, field: str) -> Sampler:
   return chosen
 
 
-def make(config: ml_collections.ConfigDict) -> Method:
-  """Builds the diffusion method's pure functions from a config (validated on the way)."""
+def make(config: ml_collections.ConfigDict, latent_shape: tuple[int, int, int] | None = None) -> Method:
+  """Builds the diffusion method's pure functions from a config (validated on the way).
+
+  latent_shape: (h, w, c) of the normalised latents the network works on in place of the config's images
+  (a latent run, methods/latent.py); then samples are latents, not clipped to [-1, 1], and the held-out
+  metrics leave out bits/dim.
+  """
   config = _with_defaults(config)
   m, s = config.model, config.sample
   model_builder = DENOISERS.resolve(m.arch)
@@ -170,8 +183,11 @@ def make(config: ml_collections.ConfigDict) -> Method:
   dtype = compute_dtype(m.dtype)
   require(0.0 <= config.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
   _check_conditioning(config)
+  require(not (latent_shape and s.clip_x0 and config.diffusion.process == "ddpm"), "sample.clip_x0",
+          "clips the x0 estimate to the pixel range [-1, 1]; a latent run's latents are not bounded: set it False")
   num_classes = m.num_classes
-  image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
+  image_shape = latent_shape or (config.data.image_size, config.data.image_size, config.data.channels)
+  low, high = (-jnp.inf, jnp.inf) if latent_shape else (-1.0, 1.0)
   model = model_builder(config, image_shape, dtype)
 
   def network(params, x, noise_label, rng, train: bool, labels=None):
@@ -205,7 +221,9 @@ def make(config: ml_collections.ConfigDict) -> Method:
     """The loss on held-out images, and the process's held-out metrics (ddpm: the bound in bits/dim)."""
     loss_rng, bound_rng = jax.random.split(rng)
     _, metrics = loss_fn(params, batch, loss_rng, ctx=process.eval_ctx)
-    return dict(metrics, **process.held_out(params, batch, bound_rng)) if process.held_out else metrics
+    if not process.held_out or latent_shape:
+      return metrics
+    return dict(metrics, **process.held_out(params, batch, bound_rng))
 
   def sampling_network(params, labels, options):
     """net(x, noise_label) in eval mode: unconditional, or guided towards `labels` [B] int32."""
@@ -223,7 +241,7 @@ def make(config: ml_collections.ConfigDict) -> Method:
       if labels is None:
         labels = default_labels(num, num_classes)
       net = sampling_network(params, labels, options)
-      return jnp.clip(chosen.draw(process, net, rng, (num,) + image_shape, options), -1.0, 1.0)
+      return jnp.clip(chosen.draw(process, net, rng, (num,) + image_shape, options), low, high)
 
     return sample
 
