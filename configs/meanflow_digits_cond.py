@@ -11,8 +11,8 @@ Hardware: sized for a 2-core CPU (no accelerator).
 Wall time: 25 min 19 s measured at load average 5-9 (other jobs sharing the 2 cores, 2026-12-06): 16 min 15 s
   of CPU time, so at least 8 minutes on 2 idle cores; not yet timed on an idle CPU. One more network pass per
   step than meanflow_digits (u(z, t, t | null), in eval mode).
-Expected result (that run, `genimg eval --metrics fid,acc,pr --num_samples 1000`, classifier features, seed 0,
-  1 NFE): the digit classifier agrees with the requested class on 98.2% of the samples (goal: >= 95%);
+Expected result: measured on that run (`genimg eval --metrics fid,acc,pr --num_samples 1000`, classifier
+  features, seed 0, 1 NFE): the digit classifier agrees with the requested class on 98.2% of the samples (goal: >= 95%);
   FID 14.7, precision 0.78, recall 0.81.
 """
 

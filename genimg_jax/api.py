@@ -19,10 +19,9 @@ from genimg_jax import config as config_lib
 from genimg_jax import methods, seeds
 from genimg_jax.errors import ConfigError
 from genimg_jax.evaluation import suite
-from genimg_jax.methods import latent
 from genimg_jax.methods.base import Method, TrainState
 from genimg_jax.parallel import functions, runtime
-from genimg_jax.train import trainer, workdir as workdir_lib
+from genimg_jax.train import first_stage, trainer, workdir as workdir_lib
 
 
 def load_config(path: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
@@ -39,7 +38,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, show_progress: boo
   threefry), which takes effect only before the process's first JAX computation.
   """
   runtime.setup(config)
-  latent.pin(config, workdir, create=True)  # A latent run copies its autoencoder into the workdir once.
+  first_stage.pin(config, workdir, create=True)  # A latent run copies its autoencoder into the workdir once.
   return trainer.train(config, workdir, show_progress=show_progress,
                        make_evaluation=functools.partial(suite.TrainingEvaluation, config, workdir))
 
@@ -68,7 +67,7 @@ class Run:
                           f"the {config.method} method has no sample.{field} (its sample settings: {known})")
       config.sample[field] = value
     runtime.setup(config)
-    latent.pin(config, workdir, create=False)
+    first_stage.pin(config, workdir, create=False)
     method = methods.make(config)
     mesh, state, step = workdir_lib.restore(workdir, config, method, checkpoint)
     return cls(config, method, mesh, state, step)

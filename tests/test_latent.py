@@ -1,4 +1,4 @@
-"""Latent diffusion (methods/latent.py, data/latents.py): the encode cache, the identity first stage against
+"""Latent diffusion (methods/latent.py, train/latent_cache.py): the encode cache, the identity first stage against
 pixel diffusion, and the whole chain through the real `genimg` command."""
 
 import os
@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from genimg_jax import config as config_lib
-from genimg_jax.data import datasets, latents, pipeline
+from genimg_jax.data import datasets, pipeline
 from genimg_jax.errors import ConfigError
 from genimg_jax.methods import diffusion, latent
+from genimg_jax.train import first_stage
+from genimg_jax.train import latent_cache as latents
 from helpers import REPO
 
 FLOW = os.path.join(REPO, "configs", "flow_digits.py")
@@ -114,11 +116,11 @@ def test_identity_first_stage_samples_and_trains_as_pixel_diffusion(data_dir, pr
 def test_bad_autoencoder_settings_are_refused(data_dir, tmp_path):
   config = small_config(data_dir, **{"autoencoder.workdir": str(tmp_path / "missing")})
   with pytest.raises(ConfigError, match=r"config\.autoencoder\.workdir: no such directory"):
-    latent.pin(config, str(tmp_path / "run"), create=True)
+    first_stage.pin(config, str(tmp_path / "run"), create=True)
   required = small_config(data_dir, **{"autoencoder.required": True})
-  latent.pin(required, str(tmp_path / "run"), create=False)  # Sampling a pixel run: nothing to pin.
+  first_stage.pin(required, str(tmp_path / "run"), create=False)  # Sampling a pixel run: nothing to pin.
   with pytest.raises(ConfigError, match=r"config\.autoencoder\.workdir: this config trains on an autoencoder"):
-    latent.pin(required, str(tmp_path / "run"), create=True)
+    first_stage.pin(required, str(tmp_path / "run"), create=True)
   with pytest.raises(ConfigError, match=r"config\.sample\.clip_x0"):
     latent.wrap(small_config(data_dir, **{"diffusion.process": "ddpm"}), identity_stage((8, 8, 1)))
 

@@ -6,7 +6,7 @@ config.method selects one of METHODS, or the user's own `make(config) -> Method`
 import ml_collections
 
 from genimg_jax.config import require
-from genimg_jax.methods import autoencoder, autoregressive, diffusion, gan, latent, vae
+from genimg_jax.methods import autoencoder, autoregressive, diffusion, gan, latent, maskgit, vae
 from genimg_jax.methods.base import Method
 from genimg_jax.registry import Registry
 
@@ -22,6 +22,7 @@ def _diffusion(config: ml_collections.ConfigDict) -> Method:
 METHODS.register("autoencoder")(autoencoder.make)
 METHODS.register("autoregressive")(autoregressive.make)
 METHODS.register("gan")(gan.make)
+METHODS.register("maskgit")(maskgit.make)
 METHODS.register("vae")(vae.make)
 
 

@@ -19,6 +19,13 @@ The train state holds
 `sample` decodes N(0, I) latents; the autoencoder is not a generator (its latents are not N(0, I)
 with a small kl_weight), so those pictures are a sanity check only: judge it by `genimg eval`
 (PSNR, SSIM, rFID). A second stage (diffusion) is what samples latents.
+
+Discrete variant (a tokenizer), autoencoder.quantizer = "fsq" | "vq" (models/quantizers.py): the KL term is
+replaced by the quantizer, FSQ with no auxiliary loss, VQ (l2-normalised codes) with
+codebook_weight * (||sg(z) - e||^2 + commitment_beta ||z - sg(e)||^2), means over latent positions. The
+batch's codebook usage (fraction of the codes that occur) and perplexity are logged (and held-out by eval).
+`tokenize(params, images) -> tokens [B, h, w] int32`, `detokenize(params, tokens) -> images`; `sample`
+decodes uniformly drawn tokens (a sanity picture; MaskGIT, methods/maskgit.py, is what samples tokens).
 """
 
 import dataclasses
@@ -38,9 +45,11 @@ from genimg_jax.losses import reconstruction as rec
 from genimg_jax.methods.base import (Method, TrainState, compute_dtype, ema_update, make_optimizer,
                                      optimizer_config)
 from genimg_jax.models import autoencoder as model_lib
+from genimg_jax.models import quantizers
 from genimg_jax.models.patch_discriminator import PatchDiscriminator
 
 PENALTIES = ("none", "r1")
+QUANTIZERS = ("kl", "fsq", "vq")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -66,6 +75,11 @@ def default_config() -> ml_collections.ConfigDict:
           "penalty": "none",  # none | r1 (on real images)
           "penalty_weight": 0.0,  # R1's gamma / 2
           "max_adaptive_weight": 1e4,
+          "quantizer": "kl",  # kl (continuous, LDM) | fsq | vq: a discrete tokenizer
+          "levels": (8, 5, 5, 5),  # fsq: levels per code channel (the encoder outputs len(levels) channels)
+          "codebook_size": 1024,  # vq: codebook entries (each of model.z_channels dimensions, l2-normalised)
+          "codebook_weight": 1.0,  # vq: weight of the codebook + commitment loss
+          "commitment_beta": 0.25,  # vq: beta of the commitment term
       },
       "optimizer": ae_optimizer,
       "d_optimizer": ae_optimizer.copy_and_resolve_references(),
@@ -92,12 +106,27 @@ def _validate(config) -> None:
   for field in ("l1_weight", "ssim_weight", "kl_weight", "disc_weight", "disc_start", "penalty_weight"):
     require(a[field] >= 0, f"autoencoder.{field}", "must be >= 0")
   require(a.max_adaptive_weight > 0, "autoencoder.max_adaptive_weight", "must be > 0")
+  quantizer = quantizer_of(a)
+  require(quantizer in QUANTIZERS, "autoencoder.quantizer", f"must be one of {QUANTIZERS}")
+  if quantizer == "fsq":
+    require(len(a.levels) > 0 and all(int(level) >= 2 for level in a.levels), "autoencoder.levels",
+            "must be a non-empty tuple of ints >= 2")
+    require(math.prod(a.levels) < 2**31, "autoencoder.levels", "their product (the token count) must be < 2^31")
+  if quantizer == "vq":
+    require(a.codebook_size >= 2, "autoencoder.codebook_size", "must be >= 2")
+    require(a.codebook_weight >= 0 and a.commitment_beta >= 0, "autoencoder.commitment_beta",
+            "codebook_weight and commitment_beta must be >= 0")
   require(a.penalty in PENALTIES, "autoencoder.penalty", f"must be one of {PENALTIES}")
   if a.disc_weight:
     require(a.disc_ch > 0, "autoencoder.disc_ch", "must be > 0")
     require(a.disc_layers >= 1 and size % 2**a.disc_layers == 0, "autoencoder.disc_layers",
             f"must be >= 1 with data.image_size={size} divisible by 2^disc_layers")
   require(0.0 <= config.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
+
+
+def quantizer_of(settings: ml_collections.ConfigDict) -> str:
+  """config.autoencoder.quantizer; "kl" for runs saved before the field existed."""
+  return settings.get("quantizer", "kl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,10 +148,42 @@ class Parts:
   image_shape: tuple[int, int, int]
   latent_shape: tuple[int, int, int]
   ema_decay: float
+  quantizer: str = "kl"
+  num_tokens: int = 0  # fsq, vq: the token count; 0 for kl
 
   @property
   def num_dims(self) -> int:
     return math.prod(self.image_shape)
+
+  @property
+  def discrete(self) -> bool:
+    return self.quantizer != "kl"
+
+  @property
+  def token_shape(self) -> tuple[int, int]:
+    return self.latent_shape[:2]
+
+  def latents(self, params, images: jax.Array) -> jax.Array:
+    """images [B, H, W, C] -> the deterministic latents [B, h, w, c] float32: the posterior mean (kl) or the
+    quantized codes (fsq, vq)."""
+    if self.discrete:
+      return self.quantize(params, images)[0]
+    return self.encode(params, images)[0]
+
+  def quantize(self, params, images: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+    """fsq, vq: images [B, H, W, C] -> (codes [B, h, w, d] float32 with the straight-through gradient, tokens
+    [B, h, w] int32, {"codebook_loss", "commitment_loss"} for vq)."""
+    z = self.model.apply({"params": params}, images, method=model_lib.Autoencoder.encode)
+    return self.model.apply({"params": params}, z, method=model_lib.Autoencoder.quantize)
+
+  def tokenize(self, params, images: jax.Array) -> jax.Array:
+    """fsq, vq: images [B, H, W, C] in [-1, 1] -> tokens [B, h, w] int32 in [0, num_tokens)."""
+    return self.quantize(params, images)[1]
+
+  def detokenize(self, params, tokens: jax.Array) -> jax.Array:
+    """fsq, vq: tokens [B, h, w] int32 -> images [B, H, W, C] float32 clipped to [-1, 1]."""
+    codes = self.model.apply({"params": params}, tokens, method=model_lib.Autoencoder.codes)
+    return jnp.clip(self.decode(params, codes), -1.0, 1.0)
 
   def encode(self, params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     """images [B, H, W, C] in [-1, 1] -> (mean, log_var) of q(z|x), each [B, H/f, W/f, z_channels] float32.
@@ -134,9 +195,9 @@ class Parts:
     return self.model.apply({"params": params}, latents, method=model_lib.Autoencoder.decode)
 
   def reconstruct(self, params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """images [B, H, W, C] -> (the posterior mean decoded, clipped to [-1, 1]; the posterior mean latents)."""
-    mean, _ = self.encode(params, images)
-    return jnp.clip(self.decode(params, mean), -1.0, 1.0), mean
+    """images [B, H, W, C] -> (`latents` decoded, clipped to [-1, 1]; `latents`)."""
+    z = self.latents(params, images)
+    return jnp.clip(self.decode(params, z), -1.0, 1.0), z
 
   def discriminate(self, d_params, images: jax.Array) -> jax.Array:
     """images [B, H, W, C] -> patch logits [B, h, w] float32."""
@@ -158,11 +219,14 @@ def build(config: ml_collections.ConfigDict) -> Parts:
     disc_loss = adversarial.LOSSES.resolve(a.disc_loss, "autoencoder.disc_loss")
     require(callable(disc_loss), "autoencoder.disc_loss", f"{a.disc_loss!r} is not a function")
     penalty = None if a.penalty == "none" else adversarial.PENALTIES[a.penalty]
-  return Parts(model=model_lib.build(m, image_shape[-1], dtype), tx=tx, learning_rate=learning_rate,
+  quantizer = quantizer_of(a)
+  channels = model_lib.code_channels(quantizer, m.z_channels, a.get("levels", ()))
+  num_tokens = {"kl": 0, "fsq": math.prod(a.get("levels", ())), "vq": a.get("codebook_size", 0)}[quantizer]
+  return Parts(model=model_lib.build(m, image_shape[-1], dtype, a), tx=tx, learning_rate=learning_rate,
                discriminator=discriminator, d_tx=d_tx, d_learning_rate=d_learning_rate, disc_loss=disc_loss,
                penalty=penalty, settings=a, image_shape=image_shape,
-               latent_shape=(image_shape[0] // factor, image_shape[1] // factor, m.z_channels),
-               ema_decay=config.ema.decay)
+               latent_shape=(image_shape[0] // factor, image_shape[1] // factor, channels),
+               ema_decay=config.ema.decay, quantizer=quantizer, num_tokens=num_tokens)
 
 
 def init(parts: Parts, rng: jax.Array) -> TrainState:
@@ -183,17 +247,34 @@ def _decoder_last_layer(grads):
   return grads["decoder"]["conv_out"]["kernel"]
 
 
-def _losses(parts: Parts, ae_params, x: jax.Array, noise: jax.Array):
-  """The pixel and KL terms of one batch -> (reconstruction + weighted KL per dimension, aux)."""
+def _quantizer_terms(parts: Parts, ae_params, x: jax.Array):
+  """fsq, vq: (the quantized codes [B, h, w, d], the VQ loss (fsq: 0), the quantizer's metrics)."""
   a = parts.settings
-  mean, log_var = parts.encode(ae_params, x)
-  recon = parts.decode(ae_params, mean + jnp.exp(0.5 * log_var) * noise)
-  l1, ssim, kl = rec.l1(x, recon), rec.ssim(x, recon), rec.kl_per_image(mean, log_var)
+  codes, tokens, terms = parts.quantize(ae_params, x)
+  usage, perplexity = quantizers.usage_and_perplexity(tokens, parts.num_tokens)
+  metrics = dict(terms, codebook_usage=usage, perplexity=perplexity)
+  if parts.quantizer == "fsq":
+    return codes, jnp.zeros((), jnp.float32), metrics
+  return codes, a.codebook_weight * (terms["codebook_loss"] + a.commitment_beta * terms["commitment_loss"]), metrics
+
+
+def _losses(parts: Parts, ae_params, x: jax.Array, noise: jax.Array):
+  """The pixel and bottleneck terms of one batch -> (reconstruction + weighted KL per dimension (kl) or + the VQ
+  loss (vq; fsq: none), aux)."""
+  a = parts.settings
+  if parts.discrete:
+    codes, regulariser, metrics = _quantizer_terms(parts, ae_params, x)
+    recon = parts.decode(ae_params, codes)
+  else:
+    mean, log_var = parts.encode(ae_params, x)
+    recon = parts.decode(ae_params, mean + jnp.exp(0.5 * log_var) * noise)
+  l1, ssim = rec.l1(x, recon), rec.ssim(x, recon)
   pixel = jnp.mean(a.l1_weight * l1 + a.ssim_weight * (1.0 - ssim))
-  kl_term = a.kl_weight * jnp.mean(kl) / parts.num_dims
-  metrics = {"rec_loss": pixel, "l1": jnp.mean(l1), "ssim": jnp.mean(ssim), "kl_nats": jnp.mean(kl),
-             "psnr_db": jnp.mean(rec.psnr(x, recon))}
-  return pixel + kl_term, (recon, metrics)
+  if not parts.discrete:
+    kl = rec.kl_per_image(mean, log_var)
+    regulariser, metrics = a.kl_weight * jnp.mean(kl) / parts.num_dims, {"kl_nats": jnp.mean(kl)}
+  metrics = dict(metrics, rec_loss=pixel, l1=jnp.mean(l1), ssim=jnp.mean(ssim), psnr_db=jnp.mean(rec.psnr(x, recon)))
+  return pixel + regulariser, (recon, metrics)
 
 
 def _adversarial_gradients(parts: Parts, state: TrainState, x: jax.Array, noise: jax.Array, disc_factor):
@@ -267,19 +348,29 @@ def train_step(parts: Parts, state: TrainState, batch: dict, rng: jax.Array):
 
 
 def eval_step(parts: Parts, params, batch: dict, rng: jax.Array):
-  """Held-out metrics of the posterior-mean reconstructions (clipped to [-1, 1]), averaged over the batch:
-  psnr_db (of [0, 1]-scaled images), ssim, l1 (on [-1, 1]) and kl_nats (per image)."""
-  del rng  # Deterministic: the posterior mean.
+  """Held-out metrics of the deterministic reconstructions (clipped to [-1, 1]), averaged over the batch:
+  psnr_db (of [0, 1]-scaled images), ssim, l1 (on [-1, 1]) and kl_nats (per image; kl) or codebook_usage and
+  perplexity (of the batch's tokens; fsq, vq)."""
+  del rng  # Deterministic: the posterior mean or the quantized codes.
   x = batch["image"]
-  mean, log_var = parts.encode(params, x)
-  recon = jnp.clip(parts.decode(params, mean), -1.0, 1.0)
-  return {"psnr_db": jnp.mean(rec.psnr(x, recon)), "ssim": jnp.mean(rec.ssim(x, recon)),
-          "l1": jnp.mean(rec.l1(x, recon)), "kl_nats": jnp.mean(rec.kl_per_image(mean, log_var))}
+  if parts.discrete:
+    codes, tokens, _ = parts.quantize(params, x)
+    usage, perplexity = quantizers.usage_and_perplexity(tokens, parts.num_tokens)
+    extra, z = {"codebook_usage": usage, "perplexity": perplexity}, codes
+  else:
+    mean, log_var = parts.encode(params, x)
+    extra, z = {"kl_nats": jnp.mean(rec.kl_per_image(mean, log_var))}, mean
+  recon = jnp.clip(parts.decode(params, z), -1.0, 1.0)
+  return dict(extra, psnr_db=jnp.mean(rec.psnr(x, recon)), ssim=jnp.mean(rec.ssim(x, recon)),
+              l1=jnp.mean(rec.l1(x, recon)))
 
 
 def sample(parts: Parts, params, rng: jax.Array, num: int, labels=None) -> jax.Array:
-  """N(0, I) latents decoded, [num, H, W, C] in [-1, 1]: a sanity picture, not a generative model's samples."""
+  """N(0, I) latents (kl) or uniform tokens (fsq, vq) decoded, [num, H, W, C] in [-1, 1]: a sanity picture,
+  not a generative model's samples."""
   del labels  # Unconditional.
+  if parts.discrete:
+    return parts.detokenize(params, jax.random.randint(rng, (num,) + parts.token_shape, 0, parts.num_tokens))
   z = jax.random.normal(rng, (num,) + parts.latent_shape, jnp.float32)
   return jnp.clip(parts.decode(params, z), -1.0, 1.0)
 

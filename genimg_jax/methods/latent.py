@@ -5,11 +5,11 @@ denoiser on that run's latents (checkpoint `autoencoder.checkpoint`: latest | be
 
 - The training split is encoded once, with the encoder's posterior mean (LDM samples the posterior; the
   mean is deterministic, so it can be cached, and with LDM's KL weight of 1e-6 the posterior's spread is
-  small), and cached next to the data set (data/latents.py). The latents are normalised per channel,
+  small), and cached next to the data set (train/latent_cache.py). The latents are normalised per channel,
   z' = (z - mean) / std, with the mean and std over the training latents.
-- `genimg train` pins the autoencoder in the run's workdir the first time (`pin`): WORKDIR/autoencoder/
-  holds its config.json, its EMA parameters (params.npz), and pin.json with the source, step, parameter
-  hash and the latent mean and std. Resuming, sampling and evaluating read the pin, never the source, so
+- `genimg train` pins the autoencoder in the run's workdir the first time (train/first_stage.py's `pin`):
+  WORKDIR/autoencoder/ holds its config.json, its EMA parameters (params.npz), and pin.json with the source,
+  step, parameter hash and the latent mean and std. Resuming, sampling and evaluating read the pin, never the source, so
   the run is unaffected when the autoencoder's workdir is moved or trained further.
 - The train state is the diffusion method's, with ema_params {"denoiser": the EMA of the denoiser,
   "autoencoder": the frozen autoencoder, "latent": {"mean", "std"} [c]}: checkpointed with the run, not
@@ -21,9 +21,8 @@ denoiser on that run's latents (checkpoint `autoencoder.checkpoint`: latest | be
 """
 
 import dataclasses
+import functools
 import hashlib
-import json
-import os
 import sys
 from typing import Any, Callable
 
@@ -35,19 +34,18 @@ import numpy as np
 
 from genimg_jax import config as config_lib
 from genimg_jax.config import require
-from genimg_jax.data import latents as latents_lib
-from genimg_jax.errors import CheckpointError, ConfigError
-from genimg_jax.files import atomic_open
 from genimg_jax.methods import autoencoder, diffusion
 from genimg_jax.methods.base import Method, TrainState
-from genimg_jax.parallel import distributed
 
-PIN_DIR = "autoencoder"
+# The config sections that name a first stage: an autoencoder (latent diffusion) or a tokenizer (MaskGIT,
+# methods/maskgit.py, whose first stage is a discrete autoencoder and whose latents are its tokens). Each is
+# pinned in WORKDIR/<section>.
+SECTIONS = ("autoencoder", "tokenizer")
 
 
-def is_latent(config: ml_collections.ConfigDict) -> bool:
-  """Whether a diffusion config trains on an autoencoder's latents (config.autoencoder.workdir is set)."""
-  return "autoencoder" in config and "workdir" in config.autoencoder and bool(config.autoencoder.workdir)
+def is_latent(config: ml_collections.ConfigDict, section: str = "autoencoder") -> bool:
+  """Whether a config trains on a first stage's latents (config.<section>.workdir is set)."""
+  return section in config and "workdir" in config[section] and bool(config[section].workdir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +55,8 @@ class FirstStage:
   encode(params, images [B, H, W, C] in [-1, 1]) -> latents [B, h, w, c] float32 (the posterior mean);
   decode(params, latents [B, h, w, c]) -> images [B, H, W, C] float32 (not clipped); params: numpy pytree;
   mean, std: float32 [c], the per-channel statistics of the training latents; params_hash: `params_hash`'s.
+  A tokenizer's (num_tokens > 0): encode -> tokens [B, h, w] int32, decode(tokens) -> images clipped to
+  [-1, 1], latent_shape (h, w), mean and std empty.
   """
 
   encode: Callable[[Any, jax.Array], jax.Array]
@@ -67,6 +67,7 @@ class FirstStage:
   std: np.ndarray
   params_hash: str
   description: str
+  num_tokens: int = 0
 
 
 def params_hash(params, model_config: ml_collections.ConfigDict) -> str:
@@ -79,14 +80,27 @@ def params_hash(params, model_config: ml_collections.ConfigDict) -> str:
   return digest.hexdigest()
 
 
-def _parts_stage(ae_config, params, mean, std, digest: str, description: str) -> FirstStage:
+def parts_stage(ae_config, params, mean, std, digest: str, description: str, section: str) -> FirstStage:
   parts = autoencoder.build(ae_config)
-  return FirstStage(encode=lambda p, x: parts.encode(p, x)[0], decode=parts.decode, params=params,
-                    latent_shape=parts.latent_shape, mean=np.asarray(mean, np.float32),
-                    std=np.asarray(std, np.float32), params_hash=digest, description=description)
+  stats = dict(mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32), params_hash=digest,
+               description=description)
+  if section == "tokenizer":
+    return FirstStage(encode=parts.tokenize, decode=parts.detokenize, params=params, latent_shape=parts.token_shape,
+                      num_tokens=parts.num_tokens, **stats)
+  return FirstStage(encode=parts.latents, decode=parts.decode, params=params, latent_shape=parts.latent_shape,
+                    **stats)
 
 
-def _check_data(config: ml_collections.ConfigDict, ae_config: ml_collections.ConfigDict, where: str) -> None:
+def check_stage(ae_config: ml_collections.ConfigDict, section: str, where: str) -> None:
+  """A tokenizer must be a discrete autoencoder."""
+  require(ae_config.method == "autoencoder", f"{section}.workdir",
+          f"{where} is a {ae_config.method!r} run, not an autoencoder run")
+  quantizer = autoencoder.quantizer_of(ae_config.autoencoder)
+  require(section != "tokenizer" or quantizer != "kl", "tokenizer.workdir",
+          f"{where} is a continuous (kl) autoencoder: a tokenizer has autoencoder.quantizer fsq or vq")
+
+
+def check_data(config: ml_collections.ConfigDict, ae_config: ml_collections.ConfigDict, where: str) -> None:
   """The latent run's images must be those the autoencoder was trained on: size and channels."""
   mine = (config.data.image_size, config.data.channels)
   theirs = (ae_config.data.image_size, ae_config.data.channels)
@@ -96,88 +110,25 @@ def _check_data(config: ml_collections.ConfigDict, ae_config: ml_collections.Con
           "carry: set it False for a latent run")
 
 
-def _from_source(config: ml_collections.ConfigDict) -> tuple[FirstStage, ml_collections.ConfigDict, dict]:
-  """(FirstStage, the autoencoder's config, what pin.json records) read from config.autoencoder.workdir, the
-  training split encoded (or its cache read) for the latent statistics."""
-  from genimg_jax import methods  # The registry imports this module.
-  from genimg_jax.train import workdir as workdir_lib
-
-  source = os.path.abspath(os.path.expanduser(config.autoencoder.workdir))
-  checkpoint = workdir_lib.parse_checkpoint(str(config.autoencoder.checkpoint), "config.autoencoder.checkpoint")
-  if not os.path.isdir(source):
-    raise ConfigError("config.autoencoder.workdir", f"no such directory: {source}")
-  ae_config = workdir_lib.read_config(source)
-  require(ae_config.method == "autoencoder", "autoencoder.workdir",
-          f"{source} is a {ae_config.method!r} run, not an autoencoder run")
-  _check_data(config, ae_config, source)
-  _, state, step = workdir_lib.restore(source, ae_config, methods.make(ae_config), checkpoint)
-  params = jax.tree.map(np.asarray, jax.device_get(state.ema_params))
-  digest = params_hash(params, ae_config.model)
-  stage = _parts_stage(ae_config, params, 0.0, 1.0, digest, "")
-  cached = latents_lib.encoded(config.data, config.data.train_split, stage.encode, params, digest)
-  record = {"source": source, "checkpoint": str(config.autoencoder.checkpoint), "step": int(step),
-            "params_hash": digest, "encoding": "posterior mean", "latent_shape": list(stage.latent_shape),
-            "mean": cached.mean.tolist(), "std": cached.std.tolist(), "cache": cached.directory}
-  description = f"autoencoder {source} step {step} (params {digest[:12]})"
-  return (dataclasses.replace(stage, mean=cached.mean, std=cached.std, description=description), ae_config,
-          record)
+def first_stage(config: ml_collections.ConfigDict, section: str = "autoencoder") -> FirstStage:
+  """The latent config's autoencoder (or tokenizer), read by the loader genimg_jax.train.first_stage installs
+  (`install`): reading another run's checkpoint and encoding the data set are the train layer's."""
+  return _loader().load(config, section)
 
 
-def _from_pin(config: ml_collections.ConfigDict, directory: str) -> FirstStage:
-  """The FirstStage pinned in `directory` (WORKDIR/autoencoder); CheckpointError if missing or altered."""
-  try:
-    with open(os.path.join(directory, "pin.json")) as f:
-      record = json.load(f)
-    with open(os.path.join(directory, "config.json")) as f:
-      ae_config = config_lib.from_json(f.read())
-    with np.load(os.path.join(directory, "params.npz"), allow_pickle=False) as saved:
-      params = flax.traverse_util.unflatten_dict({k: saved[k] for k in saved.files}, sep="/")
-  except (OSError, ValueError, KeyError) as e:
-    raise CheckpointError(directory, f"cannot read the pinned autoencoder ({type(e).__name__}: {e})") from None
-  digest = params_hash(params, ae_config.model)
-  if digest != record["params_hash"]:
-    raise CheckpointError(directory, f"the pinned autoencoder's parameters hash to {digest[:12]}, not "
-                          f"{record['params_hash'][:12]} as pin.json records: params.npz was altered")
-  _check_data(config, ae_config, directory)
-  description = (f"autoencoder pinned in {directory} (from {record['source']} step {record['step']}, "
-                 f"params {digest[:12]})")
-  return _parts_stage(ae_config, params, record["mean"], record["std"], digest, description)
+def install(loader) -> None:
+  """Sets what reads first stages: an object with load(config, section) -> FirstStage and
+  train_data(stage, source, data, **stream) (genimg_jax.train.first_stage, on import)."""
+  _LOADER[:] = [loader]
 
 
-def pin(config: ml_collections.ConfigDict, workdir: str, create: bool) -> None:
-  """For a latent config: points config.autoencoder.pinned_dir at WORKDIR/autoencoder, first copying the
-  autoencoder there from config.autoencoder.workdir if create (training) and it is not pinned yet.
-
-  Without create (sample, eval) a missing pin is a CheckpointError. Does nothing for a pixel config; with
-  autoencoder.required (a latent config) an empty autoencoder.workdir is a ConfigError when training.
-  """
-  if not is_latent(config):
-    required = "autoencoder" in config and config.autoencoder.get("required", False)
-    if create and required:
-      raise ConfigError("config.autoencoder.workdir", "this config trains on an autoencoder's latents: name the "
-                        "autoencoder run, --config.autoencoder.workdir=DIR (a `genimg train` workdir)")
-    return
-  directory = os.path.abspath(os.path.join(workdir, PIN_DIR))
-  if not os.path.isfile(os.path.join(directory, "pin.json")):
-    if not create:
-      raise CheckpointError(directory, "no pinned autoencoder: this latent run was not started by genimg train")
-    stage, ae_config, record = _from_source(config)
-    if jax.process_index() == 0:
-      with atomic_open(os.path.join(directory, "config.json")) as f:
-        f.write(config_lib.to_json(ae_config))
-      with atomic_open(os.path.join(directory, "params.npz"), "wb") as f:
-        np.savez(f, **flax.traverse_util.flatten_dict(stage.params, sep="/"))
-      with atomic_open(os.path.join(directory, "pin.json")) as f:  # Last: its presence means the pin is whole.
-        json.dump(record, f, indent=2)
-    distributed.barrier(f"pinned {directory}")
-  config.autoencoder.pinned_dir = directory
+_LOADER = []
 
 
-def first_stage(config: ml_collections.ConfigDict) -> FirstStage:
-  """The latent config's autoencoder: the pin (config.autoencoder.pinned_dir) or else its source workdir."""
-  if config.autoencoder.pinned_dir:
-    return _from_pin(config, config.autoencoder.pinned_dir)
-  return _from_source(config)[0]
+def _loader():
+  if not _LOADER:
+    raise RuntimeError("a latent config's first stage is read by genimg_jax.train.first_stage: import it first")
+  return _LOADER[0]
 
 
 def make(config: ml_collections.ConfigDict) -> Method:
@@ -222,13 +173,13 @@ def wrap(config: ml_collections.ConfigDict, stage: FirstStage) -> Method:
     metrics = inner.eval_step(params["denoiser"], dict(batch, image=normalise(params, batch["image"])), rng)
     return {f"latent_{name}": value for name, value in metrics.items()}
 
-  def train_data(source, data, **stream):
-    del source  # The cache is opened by split.
-    cached = latents_lib.encoded(data, data.train_split, stage.encode, stage.params, stage.params_hash)
-    return latents_lib.train_dataset(cached, data, **stream)
-
   pixels = (config.data.image_size, config.data.image_size, config.data.channels)
   return Method(init=init, train_step=train_step, sample=decoded(inner.sample), eval_step=eval_step,
                 image_shape=pixels, preview_sample=decoded(inner.preview_sample) if inner.preview_sample else None,
                 num_classes=inner.num_classes, sample_nfe=inner.sample_nfe,
-                count_network_passes=inner.count_network_passes, train_data=train_data)
+                count_network_passes=inner.count_network_passes, train_data=functools.partial(train_data, stage))
+
+
+def train_data(stage: FirstStage, source, data, **stream):
+  """Method.train_data of a method on `stage`'s latents (or tokens): the installed loader's (`install`)."""
+  return _loader().train_data(stage, source, data, **stream)

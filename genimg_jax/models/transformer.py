@@ -54,7 +54,8 @@ def _dense(features, dtype, name, std=0.02):
 class Block(nn.Module):
   """x + attention(LN(x)), then x + MLP(LN(x)); dropout on both residual branches.
 
-  Full sequence: x [B, L, D] -> [B, L, D]. One position with a cache: `decode`.
+  Full sequence: x [B, L, D] -> [B, L, D]. One position with a cache: `decode`. causal=False: every
+  position attends to every other (a bidirectional encoder such as MaskGIT's; "blocked" then means XLA's).
   """
 
   width: int
@@ -64,6 +65,7 @@ class Block(nn.Module):
   num_layers: int  # of the whole stack: scales the residual projections' initialisation
   attention: str  # "xla", "cudnn" or "blocked"
   dtype: Any = jnp.float32
+  causal: bool = True
 
   def setup(self):
     width, head_dim = self.width, self.width // self.num_heads
@@ -84,10 +86,11 @@ class Block(nn.Module):
   def __call__(self, x, *, train: bool):
     qkv = self.qkv(self.ln_attn(x))
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    if self.attention == "blocked":
+    if self.attention == "blocked" and self.causal:
       y = attention.causal_attention(q, k, v, ATTENTION_QUERY_BLOCKS)
     else:
-      y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=self.attention)
+      implementation = "xla" if self.attention == "blocked" else self.attention
+      y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=implementation)
     x = x + self.drop(self.attn_out(y), deterministic=not train)
     return self._mlp(x, train)
 

@@ -6,6 +6,8 @@ A cache is a folder <data dir>/genimg_latents/<data set>-<split>-<data key>-<par
   labels.npy   int32 [N];
   meta.json    the data key, the autoencoder's parameter hash, N, V, and the per-channel mean and
                standard deviation of the latents over all N V views (float64 sums).
+A tokenizer's (methods/maskgit.py) cache holds its tokens instead: latents.npy int32 [N, V, h, w], and no
+mean or standard deviation (empty lists).
 The data key hashes what decides the images (data set, path, split, size, crop, hold-out share, flip);
 the parameter hash is the autoencoder's (methods/latent.py). The folder is written under a temporary
 name and renamed when complete, so a cache is whole or absent. A different autoencoder gets its own
@@ -79,43 +81,49 @@ def _read(directory: str, key: str, params_hash: str, count: int) -> Cached | No
 def _encode_all(source, data: ml_collections.ConfigDict, encode: Callable, params, directory: str,
                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   """Encodes every image of `source` (preprocessed as config.data says, never dequantized) into `directory`;
-  returns the per-channel mean and std [c] float64 of the latents."""
+  returns the per-channel mean and std [c] float64 of float latents ([0] arrays for integer tokens)."""
   views = 2 if data.random_flip else 1
   images = pipeline.eval_dataset(source, data, local_batch_size=1, process_index=0, process_count=1)
   count = len(images)
   encode_jit = jax.jit(encode)
   first = jax.eval_shape(encode, params, jax.ShapeDtypeStruct((batch_size,) + images[0]["image"].shape[1:],
                                                                np.float32))
-  latents = np.lib.format.open_memmap(os.path.join(directory, "latents.npy"), mode="w+", dtype=np.float32,
+  floating = np.issubdtype(first.dtype, np.floating)
+  latents = np.lib.format.open_memmap(os.path.join(directory, "latents.npy"), mode="w+",
+                                      dtype=np.float32 if floating else np.int32,
                                       shape=(count, views) + tuple(first.shape[1:]))
   labels = np.zeros((count,), np.int32)
-  total, total_sq = np.zeros(first.shape[-1]), np.zeros(first.shape[-1])
+  channels = first.shape[-1] if floating else 0
+  total, total_sq = np.zeros(channels), np.zeros(channels)
   batches = images.batch(batch_size).to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
   for index, batch in enumerate(batches):
     x = batch["image"][:, 0]
     start, size = index * batch_size, x.shape[0]
     padded = np.concatenate([x, np.zeros((batch_size - size,) + x.shape[1:], x.dtype)]) if size < batch_size else x
     for view in range(views):
-      z = np.asarray(encode_jit(params, padded[:, :, ::-1] if view else padded), np.float64)[:size]
+      z = np.asarray(encode_jit(params, padded[:, :, ::-1] if view else padded))[:size]
       latents[start:start + size, view] = z
-      total += z.sum(axis=(0, 1, 2))
-      total_sq += (z * z).sum(axis=(0, 1, 2))
+      if floating:
+        z = z.astype(np.float64)
+        total += z.sum(axis=(0, 1, 2))
+        total_sq += (z * z).sum(axis=(0, 1, 2))
     labels[start:start + size] = batch["label"][:, 0]
   latents.flush()
   np.save(os.path.join(directory, "labels.npy"), labels)
-  n = count * views * int(np.prod(first.shape[1:-1]))
+  n = max(1, count * views * int(np.prod(first.shape[1:-1])))
   mean = total / n
   return mean, np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0))
 
 
 def encoded(data: ml_collections.ConfigDict, split: str, encode: Callable, params, params_hash: str,
-            batch_size: int = 64) -> Cached:
+            batch_size: int = 64, encoding: str = "posterior mean") -> Cached:
   """The cached latents of `split`, encoding them first if there is no cache for these images and this
   autoencoder (one line on stderr says so, and why).
 
   encode(params, images [B, H, W, C] float32 in [-1, 1]) -> latents [B, h, w, c] float32 (the posterior
-  mean); params: the autoencoder's, hashed as `params_hash`. Process 0 encodes on its first device and
-  writes; the others wait and read.
+  mean) or tokens [B, h, w] int32 (a tokenizer's); params: the autoencoder's, hashed as `params_hash`;
+  encoding: what meta.json records the latents to be. Process 0 encodes on its first device and writes; the
+  others wait and read.
   """
   source = datasets.open_split(data, split)
   key, directory = data_key(data, split), cache_dir(data, split, params_hash)
@@ -135,7 +143,7 @@ def encoded(data: ml_collections.ConfigDict, split: str, encode: Callable, param
       mean, std = _encode_all(source, data, encode, params, building, batch_size)
       with open(os.path.join(building, "meta.json"), "w") as f:
         json.dump({"data_key": key, "params_hash": params_hash, "num_examples": len(source),
-                   "views": 2 if data.random_flip else 1, "encoding": "posterior mean",
+                   "views": 2 if data.random_flip else 1, "encoding": encoding,
                    "mean": mean.tolist(), "std": std.tolist()}, f, indent=2)
       shutil.rmtree(directory, ignore_errors=True)
       os.replace(building, directory)
@@ -170,13 +178,13 @@ class LatentSource:
 
 @dataclasses.dataclass(frozen=True)
 class PickView(grain.transforms.RandomMap):
-  """{'latent': [V, h, w, c], 'label'} -> {'image': one of the V views at random, 'label': int32}: with
+  """{'latent': [V, ...], 'label'} -> {'image': one of the V views at random (its dtype), 'label': int32}: with
   data.random_flip, the latent of the image or of its mirror image with probability 1/2 each."""
 
   def random_map(self, element, rng: np.random.Generator):
     latent = element["latent"]
     view = int(rng.integers(latent.shape[0])) if latent.shape[0] > 1 else 0
-    return {"image": latent[view].astype(np.float32), "label": np.int32(element["label"])}
+    return {"image": np.asarray(latent[view]), "label": np.int32(element["label"])}
 
 
 def train_dataset(cached: Cached, data: ml_collections.ConfigDict, *, seed: int, local_batch_size: int,
