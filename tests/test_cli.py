@@ -158,8 +158,8 @@ def test_config_show_rejects_an_unknown_data_set_as_train_does(tmp_path):
   assert shown.returncode == trained.returncode == 2
   assert shown.stderr == trained.stderr == (
       "genimg: error: config.data.name: unknown data set 'bogus'; built-in: celeb_a, cifar10, digits, "
-      "fashion_mnist, folder, imagenet_resized/32x32, imagenet_resized/64x64, mnist, npz; or give your own "
-      "CatalogEntry as 'module:attribute'\n")
+      "fashion_mnist, folder, imagenet2012, imagenet_resized/32x32, imagenet_resized/64x64, mnist, npz; or give "
+      "your own CatalogEntry as 'module:attribute'\n")
   assert shown.stdout == ""
   folder = genimg("config", "show", "--config", DIGITS_CONFIG, "--config.data.name=folder")
   assert folder.returncode == 2

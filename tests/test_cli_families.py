@@ -91,6 +91,10 @@ class Run:
     return [f"--config.{k}={v}" for k, v in fields.items()]
 
   def genimg(self, *args, env=None) -> subprocess.CompletedProcess:
+    """`genimg ARGS` in the run's folder; sample and eval of a run trained with the README's my_losses.py
+    (its config names that code) with the user's word, --trust_workdir_code, as the README says."""
+    if args[0] in ("sample", "eval") and any(":" in str(v) for v in FAMILIES[self.family][1].values()):
+      args = (*args, "--trust_workdir_code")
     return genimg(*args, cwd=self.root, env=env)
 
   def train(self, steps: int, workdir: str | None = None) -> subprocess.CompletedProcess:
