@@ -385,7 +385,7 @@ MALFORMED = [
     (["--config.sample.eta=-1"], "config.sample.eta: must be >= 0"),
     (["--config.loss.name=no_such_module:fn"], "config.loss.name: cannot import module 'no_such_module'"),
     (["--config.method=gann"],
-     "config.method: unknown method 'gann'; built-in: autoencoder, autoregressive, diffusion, gan, vae"),
+     "config.method: unknown method 'gann'; built-in: autoencoder, autoregressive, diffusion, gan, maskgit, vae"),
     (["--config.train.steps"], "config.train.steps: missing value"),
 ]
 
