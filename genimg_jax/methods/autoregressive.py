@@ -37,18 +37,25 @@ def default_config() -> ml_collections.ConfigDict:
   })
 
 
-def _validate(config) -> None:
-  m, s = config.model, config.sample
+def check_transformer_fields(m: ml_collections.ConfigDict) -> None:
+  """The model section's Transformer fields (models/transformer.py's Block stack), each named when wrong:
+  sizes, heads dividing the width, dropout, classes, attention and dtype. Shared by MaskGIT's bidirectional
+  Transformer."""
   for field in ("num_layers", "width", "num_heads", "mlp_ratio"):
     require(m[field] > 0, f"model.{field}", f"must be > 0, got {m[field]}")
   require(m.width % m.num_heads == 0, "model.num_heads", f"must divide model.width={m.width}")
   require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
-  require(m.position_embedding in transformer.POSITION_EMBEDDINGS, "model.position_embedding",
-          f"must be one of {transformer.POSITION_EMBEDDINGS}")
   require(m.num_classes >= 0, "model.num_classes", "must be >= 0 (0: unconditional)")
   require(m.attention in transformer.ATTENTION_IMPLEMENTATIONS, "model.attention",
           f"must be one of {transformer.ATTENTION_IMPLEMENTATIONS}")
   compute_dtype(m.dtype)
+
+
+def _validate(config) -> None:
+  m, s = config.model, config.sample
+  check_transformer_fields(m)
+  require(m.position_embedding in transformer.POSITION_EMBEDDINGS, "model.position_embedding",
+          f"must be one of {transformer.POSITION_EMBEDDINGS}")
   require(0.0 <= config.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
   require(s.temperature >= 0.0, "sample.temperature", "must be >= 0 (0: greedy)")
   require(0 <= s.top_k <= transformer.NUM_TOKENS, "sample.top_k",

@@ -31,10 +31,9 @@ import numpy as np
 
 from genimg_jax.config import require
 from genimg_jax.losses import maskgit as losses
-from genimg_jax.methods import latent, maskgit_sampling
+from genimg_jax.methods import autoregressive, latent, maskgit_sampling
 from genimg_jax.methods.base import (Method, TrainState, compute_dtype, default_labels, gradient_step, initial_state,
                                      make_optimizer, optimizer_config)
-from genimg_jax.models import transformer
 from genimg_jax.models.maskgit import MaskGITTransformer
 
 
@@ -68,14 +67,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def _validate(config) -> None:
   m, s = config.model, config.sample
-  for field in ("num_layers", "width", "num_heads", "mlp_ratio"):
-    require(m[field] > 0, f"model.{field}", f"must be > 0, got {m[field]}")
-  require(m.width % m.num_heads == 0, "model.num_heads", f"must divide model.width={m.width}")
-  require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
-  require(m.num_classes >= 0, "model.num_classes", "must be >= 0 (0: unconditional)")
-  require(m.attention in transformer.ATTENTION_IMPLEMENTATIONS, "model.attention",
-          f"must be one of {transformer.ATTENTION_IMPLEMENTATIONS}")
-  compute_dtype(m.dtype)
+  autoregressive.check_transformer_fields(m)
   require(0.0 <= config.maskgit.label_dropout < 1.0, "maskgit.label_dropout", "must be in [0, 1)")
   require(0.0 <= config.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
   require(s.steps >= 1, "sample.steps", "must be >= 1")
