@@ -36,7 +36,7 @@ def get_config():
   config.model.dropout = 0.0
 
   config.sample.clip_x0 = False  # latents are not bounded to [-1, 1] (ddpm only; kept off for a switch of process)
-  config.train.steps = 1500
+  config.train.steps = 4000
   config.train.batch_size = 64
-  config.train.sample_every = 500
+  config.train.sample_every = 2000
   return config

@@ -1,7 +1,9 @@
 """MaskGIT (methods/maskgit.py): the cosine masking schedule by Monte Carlo, the loss on masked positions only,
 parallel decoding of a model whose logits are a known distribution (and guidance), the NFE counted at run time,
-and the chain tokenizer -> maskgit through the real `genimg` command."""
+and the chain tokenizer -> maskgit and the autoregressive baseline on the same tokens through the real `genimg`
+command."""
 
+import json
 import os
 
 import flax.linen as nn
@@ -143,6 +145,8 @@ def test_a_train_step_is_the_masked_cross_entropy():
 TOKENIZER_ARGS = {"model.ch": 8, "model.ch_mult": (1, 2), "model.norm_groups": 4, "train.batch_size": 16,
                   "autoencoder.levels": (5, 4), "train.eval_batches": 1}
 MASKGIT_ARGS = dict(SMALL, **{"train.eval_batches": 1, "train.sample_every": 0, "tokenizer.workdir": "tok"})
+AR_ARGS = {"model.num_layers": 1, "model.width": 16, "model.num_heads": 2, "train.batch_size": 16,
+           "train.eval_batches": 1, "train.sample_every": 0, "tokenizer.workdir": "tok"}
 
 
 @pytest.mark.slow
@@ -161,3 +165,18 @@ def test_maskgit_through_the_command_line(data_dir, tmp_path):
   report = genimg(tmp_path, "eval", "--workdir", "mg", "--metrics", "fid,bpd", "--num_samples", 20,
                   "--batch_size", 10).stdout
   assert "| fid |" in report and "masked_nll" in report
+
+  # The autoregressive baseline on the same tokens: the cache is shared, every command decodes to pixels.
+  first = train(tmp_path, "igpt_tokens_digits.py", "ar", 2, data_dir, AR_ARGS)
+  assert "encoding" not in first.stderr and "64 tokens" not in first.stderr
+  assert "(8, 8) grids of 20 tokens" in first.stderr
+  second = train(tmp_path, "igpt_tokens_digits.py", "ar", 4, data_dir, AR_ARGS)
+  assert "resuming from step 2" in second.stdout
+  genimg(tmp_path, "sample", "--workdir", "ar", "--out", "y.npz", "--num", 4)
+  samples = np.load(tmp_path / "y.npz", allow_pickle=False)["arr_0"]
+  assert samples.shape == (4, 16, 16, 1) and samples.dtype == np.uint8
+  report = genimg(tmp_path, "eval", "--workdir", "ar", "--metrics", "fid,bpd", "--num_samples", 20,
+                  "--batch_size", 10).stdout
+  assert "| fid |" in report and "nats_per_token" in report
+  with open(tmp_path / "ar" / "eval" / "eval_0000004.json") as f:
+    assert json.load(f)["metrics"]["fid"]["sampler"]["nfe"] == 64  # One pass per token of the 8x8 grid.

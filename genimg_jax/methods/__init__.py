@@ -6,7 +6,7 @@ config.method selects one of METHODS, or the user's own `make(config) -> Method`
 import ml_collections
 
 from genimg_jax.config import require
-from genimg_jax.methods import autoencoder, autoregressive, diffusion, gan, latent, maskgit, vae
+from genimg_jax.methods import autoencoder, autoregressive, autoregressive_tokens, diffusion, gan, latent, maskgit, vae
 from genimg_jax.methods.base import Method
 from genimg_jax.registry import Registry
 
@@ -19,8 +19,13 @@ def _diffusion(config: ml_collections.ConfigDict) -> Method:
   return latent.make(config) if latent.is_latent(config) else diffusion.make(config)
 
 
+@METHODS.register("autoregressive")
+def _autoregressive(config: ml_collections.ConfigDict) -> Method:
+  """The Transformer on pixels, or on a tokenizer's tokens when config.tokenizer.workdir names one."""
+  return autoregressive_tokens.make(config) if latent.is_latent(config, "tokenizer") else autoregressive.make(config)
+
+
 METHODS.register("autoencoder")(autoencoder.make)
-METHODS.register("autoregressive")(autoregressive.make)
 METHODS.register("gan")(gan.make)
 METHODS.register("maskgit")(maskgit.make)
 METHODS.register("vae")(vae.make)

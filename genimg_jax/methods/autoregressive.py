@@ -32,7 +32,15 @@ def default_config() -> ml_collections.ConfigDict:
           # cached (key/value cache) | uncached (full forward pass per token) | your own as 'module:function'
           "sampler": "cached",
           "temperature": 1.0,  # 0: greedy
-          "top_k": 0,  # 0: all 256 values
+          "top_k": 0,  # 0: all 256 values (all the tokenizer's codes on its tokens)
+      },
+      # An autoregressive baseline over a tokenizer's tokens (methods/autoregressive_tokens.py): a `genimg train`
+      # workdir of an autoencoder with quantizer fsq or vq; "" models pixels.
+      "tokenizer": {
+          "workdir": "",
+          "checkpoint": "latest",  # latest | best | a step
+          "pinned_dir": "",  # set by genimg train, sample and eval: the copy of it in this run's workdir
+          "required": False,  # genimg train refuses an empty workdir (a config over tokens; it builds on pixels)
       },
   })
 
@@ -51,25 +59,27 @@ def check_transformer_fields(m: ml_collections.ConfigDict) -> None:
   compute_dtype(m.dtype)
 
 
-def _validate(config) -> None:
+def validate(config, vocab_size: int = transformer.NUM_TOKENS) -> None:
+  """The method's fields, each named when wrong; sample.top_k is bounded by the token values, vocab_size."""
   m, s = config.model, config.sample
   check_transformer_fields(m)
   require(m.position_embedding in transformer.POSITION_EMBEDDINGS, "model.position_embedding",
           f"must be one of {transformer.POSITION_EMBEDDINGS}")
   require(0.0 <= config.ema.decay < 1.0, "ema.decay", "must be in [0, 1)")
   require(s.temperature >= 0.0, "sample.temperature", "must be >= 0 (0: greedy)")
-  require(0 <= s.top_k <= transformer.NUM_TOKENS, "sample.top_k",
-          f"must be in [0, {transformer.NUM_TOKENS}] (0: no restriction)")
+  require(0 <= s.top_k <= vocab_size, "sample.top_k", f"must be in [0, {vocab_size}] (0: no restriction)")
 
 
-def make_model(config: ml_collections.ConfigDict) -> transformer.ImageTransformer:
-  """The Transformer a (validated) config describes."""
+def make_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int] | None = None,
+               vocab_size: int = transformer.NUM_TOKENS) -> transformer.ImageTransformer:
+  """The Transformer a (validated) config describes, over image_shape (default: the data's) and vocab_size
+  token values (default: 256 8-bit values)."""
   m = config.model
   return transformer.ImageTransformer(
-      image_shape=(config.data.image_size, config.data.image_size, config.data.channels),
+      image_shape=image_shape or (config.data.image_size, config.data.image_size, config.data.channels),
       num_layers=m.num_layers, width=m.width, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
       dropout=m.dropout, num_classes=m.num_classes, position_embedding=m.position_embedding,
-      attention=m.attention, dtype=compute_dtype(m.dtype))
+      attention=m.attention, dtype=compute_dtype(m.dtype), vocab_size=vocab_size)
 
 
 def sample_labels(num: int, num_classes: int) -> jax.Array | None:
@@ -84,7 +94,7 @@ def make(config: ml_collections.ConfigDict) -> Method:
   a class-conditional model gets `labels` [num] int32, by default those of `sample_labels`
   (classes in turn).
   """
-  _validate(config)
+  validate(config)
   model = make_model(config)
   image_shape = model.image_shape
   loss_fn = arl.LOSSES.resolve(config.loss.name)

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from genimg_jax.models import quantizers
-from genimg_jax.models.layers import AttnBlock, Downsample, Dtype, Upsample
-from genimg_jax.models.vae import ResidualBlock
+from genimg_jax.models.layers import AttnBlock, Dtype, Upsample
+from genimg_jax.models.vae import ResidualBlock, downsampling_trunk
 
 # LDM's clamp of the encoder's log-variance (ldm/modules/distributions/distributions.py).
 LOG_VAR_RANGE = (-30.0, 20.0)
@@ -59,12 +59,7 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = nn.Conv(self.ch, (3, 3), dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
-    for level, mult in enumerate(self.ch_mult):
-      for _ in range(self.num_res_blocks):
-        h = ResidualBlock(self.ch * mult, self.norm_groups, self.dtype)(h)
-      if level != len(self.ch_mult) - 1:
-        h = Downsample(self.dtype)(h)
+    h = downsampling_trunk(x, self.ch, self.ch_mult, self.num_res_blocks, self.norm_groups, self.dtype)
     h = MiddleBlock(self.norm_groups, self.mid_attention, self.dtype, name="mid")(h)
     h = nn.silu(nn.GroupNorm(self.norm_groups, dtype=self.dtype)(h))
     out = (2 if self.gaussian else 1) * self.z_channels

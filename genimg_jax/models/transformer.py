@@ -114,7 +114,8 @@ class Block(nn.Module):
 class ImageTransformer(nn.Module):
   """Logits of every sub-pixel token of an image given the tokens before it.
 
-  image_shape: (H, W, C); the sequence length is L = H * W * C.
+  image_shape: (H, W, C); the sequence length is L = H * W * C. vocab_size: the values a token takes (256
+  8-bit values of pixels; a tokenizer's code count over its token grid, image_shape (h, w, 1)).
   width must be divisible by num_heads. num_classes: 0 for an unconditional model, else the
   start token is a learned vector per class. position_embedding: "learned" (one
   vector per position) or "factorized" (row + column + channel vectors).
@@ -131,6 +132,7 @@ class ImageTransformer(nn.Module):
   position_embedding: str = "factorized"
   attention: str = "auto"
   dtype: Any = jnp.float32
+  vocab_size: int = NUM_TOKENS
 
   @property
   def seq_len(self) -> int:
@@ -140,7 +142,7 @@ class ImageTransformer(nn.Module):
     if self.position_embedding not in POSITION_EMBEDDINGS:
       raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, got {self.position_embedding!r}")
     embed = lambda n, name: nn.Embed(n, self.width, embedding_init=nn.initializers.normal(0.02), name=name)
-    self.token_embed = embed(NUM_TOKENS, "token_embed")
+    self.token_embed = embed(self.vocab_size, "token_embed")
     self.start_embed = embed(max(self.num_classes, 1), "start_embed")
     if self.position_embedding == "learned":
       self.position_embed = embed(self.seq_len, "position_embed")
@@ -153,8 +155,8 @@ class ImageTransformer(nn.Module):
     self.blocks = [Block(self.width, self.num_heads, self.mlp_ratio, self.dropout, self.num_layers,
                          implementation, self.dtype, name=f"block_{i}") for i in range(self.num_layers)]
     self.ln_final = nn.LayerNorm(dtype=jnp.float32)
-    # Zero logits at initialisation: the model starts as the uniform 8 bits/dim.
-    self.head = nn.Dense(NUM_TOKENS, dtype=jnp.float32, kernel_init=nn.initializers.zeros, name="head")
+    # Zero logits at initialisation: the model starts uniform (8 bits/dim on pixels).
+    self.head = nn.Dense(self.vocab_size, dtype=jnp.float32, kernel_init=nn.initializers.zeros, name="head")
 
   def _positions(self, index: jax.Array) -> jax.Array:
     """Position embeddings [N, D] float32 of sequence indices [N] int32."""

@@ -38,6 +38,19 @@ class ResidualBlock(nn.Module):
     return x + h
 
 
+def downsampling_trunk(x, ch: int, ch_mult: Sequence[int], num_res_blocks: int, norm_groups: int, dtype: Dtype):
+  """The encoders' trunk, called inside a compact method (its layers belong to the caller): x [B, H, W, C] ->
+  [B, H/f, W/f, ch * ch_mult[-1]], f = 2^(len(ch_mult) - 1). A 3x3 conv_in, then per level num_res_blocks
+  ResidualBlocks of width ch * mult and a Downsample between levels."""
+  h = nn.Conv(ch, (3, 3), dtype=dtype, name="conv_in")(x.astype(dtype))
+  for level, mult in enumerate(ch_mult):
+    for _ in range(num_res_blocks):
+      h = ResidualBlock(ch * mult, norm_groups, dtype)(h)
+    if level != len(ch_mult) - 1:
+      h = Downsample(dtype)(h)
+  return h
+
+
 class Encoder(nn.Module):
   """x [B, H, W, C] in [-1, 1] -> (mean, log_var) of q(z|x), float32, the latent shape each."""
 
@@ -51,12 +64,7 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = nn.Conv(self.ch, (3, 3), dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
-    for level, mult in enumerate(self.ch_mult):
-      for _ in range(self.num_res_blocks):
-        h = ResidualBlock(self.ch * mult, self.norm_groups, self.dtype)(h)
-      if level != len(self.ch_mult) - 1:
-        h = Downsample(self.dtype)(h)
+    h = downsampling_trunk(x, self.ch, self.ch_mult, self.num_res_blocks, self.norm_groups, self.dtype)
     h = nn.silu(nn.GroupNorm(self.norm_groups, dtype=self.dtype)(h))
     if self.latent_type == "vector":
       stats = nn.Dense(2 * self.latent_dim, dtype=self.dtype, name="to_latent")(h.reshape(h.shape[0], -1))
