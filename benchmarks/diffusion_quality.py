@@ -3,6 +3,8 @@ r"""Sample quality of the diffusion processes on the CPU digits demos, at one tr
   python benchmarks/diffusion_quality.py --workdir_root runs/quality
   python benchmarks/diffusion_quality.py --workdir_root runs/quality --headline_samples 1000   # without N = 10000
   python benchmarks/diffusion_quality.py --workdir_root runs/quality --processes meanflow,consistency,shortcut
+  python benchmarks/diffusion_quality.py --workdir_root runs/quality --processes flow,latent_flow,maskgit,igpt_tokens \
+    --out benchmarks/results/diffusion_quality_latent.json
   python benchmarks/diffusion_quality.py --workdir_root /tmp/quality --quick    # a smoke test
 
 Wall time on 2 shared CPU cores (2026-12-01): the evals 34 minutes (each N = 10000 one 6-7 minutes,
@@ -16,6 +18,12 @@ overridden). The one- and few-step processes, meanflow_digits, consistency_digit
 more per step (a jvp; a teacher pass; the self-consistency rows' two extra passes): each trains its
 config's own number of steps, sized to flow_digits' wall time; the training table shows each loop's wall
 seconds, so the budgets can be compared.
+The latent and token rows train on a first stage trained first at <workdir_root>/autoencoder
+(autoencoder_digits, 16x16 -> 4x4x4) or <workdir_root>/tokenizer (tokenizer_digits, 4x4 tokens of 1000 codes):
+latent_flow (latent_flow_digits, Euler), maskgit (maskgit_digits at 4, 8 and 12 decoding steps) and
+igpt_tokens (igpt_tokens_digits, the autoregressive Transformer on the same tokens, one pass per token). Their
+configs are sized so the first stage plus the run take about flow_digits' wall time; the training table
+lists the first stages as rows of their own.
 <workdir_root>/<process> is trained with `genimg train` (output in <workdir_root>/<process>.log,
 ending in its wall time) only when its checkpoint of the final step is missing. The training loop's wall
 time and steps/s come from the run's metrics.jsonl (the sum of its logged windows: compilation and
@@ -28,8 +36,13 @@ parameters, against the 1497 digits training images (the reference the digits co
    and 25 steps, the NFE nearest those (EDM's ties broken downwards, to no more than the others);
    MeanFlow's jumps, consistency's one- and multi-step sampling and the shortcut model at 1, 2 and 4 NFE.
 2. The headline rows: each multi-step process with its config's sampler at 35-50 NFE (DDIM-50, EDM
-   Heun-18, flow Euler-50), each one- and few-step process at 1, 2 and 4 NFE: FID, Inception Score and
-   precision/recall at each --headline_samples (1000 and 10000).
+   Heun-18, flow Euler-50), each one- and few-step process at 1, 2 and 4 NFE, latent flow Euler-50, MaskGIT
+   at 4, 8 and 12 steps and the autoregressive Transformer on the same tokens (16 NFE): FID, Inception Score
+   and precision/recall at each --headline_samples (1000 and 10000).
+Memory and speed: each run's training table row gives its loop's images/s and the peak resident memory of a
+separate 20-step `genimg train` of the same config (MEMORY_STEPS, the step's memory without the long run's
+grids); each headline row gives `genimg sample`'s images/s at batch 250 (the wall-time difference of drawing
+1250 images and 250, so start-up, restore and compilation cancel) and that run's peak memory.
 The NFE is the one the eval reports. Runs evaluate one at a time (the CPU is the bottleneck).
 An eval's report (<run>/eval/eval_<step>.json, shared by every eval of that step) is copied, its
 entries of the metrics asked for with the command and its wall seconds, to
@@ -43,30 +56,56 @@ import json
 import os
 import platform
 import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from typing import NamedTuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MULTISTEP_TRAIN_STEPS = 1500
 FEW_STEPS = (1, 2, 4)
-# process -> (config, training steps, {sampler: sweep steps}, the headline [(sampler, steps)]).
+MASKGIT_STEPS = (4, 8, 12)
+
+
+class Entry(NamedTuple):
+  """A row group: its config, training steps, {sampler: sweep steps} and headline [(sampler, steps)], and the
+  first stage it trains on (a FIRST_STAGES name) or None. A sampler of None: the method has one (MaskGIT's
+  decoding); steps of None: the method's own count (the autoregressive Transformer: one pass per token)."""
+
+  config: str
+  train_steps: int
+  sweep: dict
+  headline: list
+  first_stage: str | None = None
+
+
+# First stages: name -> (config section that names it, its config, training steps); trained at <root>/<name>.
+FIRST_STAGES = {"autoencoder": ("autoencoder", "autoencoder_digits", 1200),
+                "tokenizer": ("tokenizer", "tokenizer_digits", 1200)}
 PROCESSES = {
-    "ddpm": ("ddpm_digits", MULTISTEP_TRAIN_STEPS, {"ddim": (5, 10, 18, 35, 50)}, [("ddim", 50)]),
-    "edm": ("edm_digits", MULTISTEP_TRAIN_STEPS, {"heun": (3, 5, 9, 18, 25)}, [("heun", 18)]),
-    "flow": ("flow_digits", MULTISTEP_TRAIN_STEPS, {"euler": (5, 10, 18, 35, 50), "heun": (3, 5, 9, 18, 25)},
-             [("euler", 50)]),
-    "meanflow": ("meanflow_digits", 1200, {"meanflow": FEW_STEPS}, [("meanflow", n) for n in FEW_STEPS]),
-    "consistency": ("consistency_digits", 1200, {"onestep": (1,), "multistep": FEW_STEPS[1:]},
-                    [("onestep", 1)] + [("multistep", n) for n in FEW_STEPS[1:]]),
-    "shortcut": ("shortcut_digits", 1300, {"shortcut": FEW_STEPS}, [("shortcut", n) for n in FEW_STEPS]),
+    "ddpm": Entry("ddpm_digits", MULTISTEP_TRAIN_STEPS, {"ddim": (5, 10, 18, 35, 50)}, [("ddim", 50)]),
+    "edm": Entry("edm_digits", MULTISTEP_TRAIN_STEPS, {"heun": (3, 5, 9, 18, 25)}, [("heun", 18)]),
+    "flow": Entry("flow_digits", MULTISTEP_TRAIN_STEPS, {"euler": (5, 10, 18, 35, 50), "heun": (3, 5, 9, 18, 25)},
+                  [("euler", 50)]),
+    "meanflow": Entry("meanflow_digits", 1200, {"meanflow": FEW_STEPS}, [("meanflow", n) for n in FEW_STEPS]),
+    "consistency": Entry("consistency_digits", 1200, {"onestep": (1,), "multistep": FEW_STEPS[1:]},
+                         [("onestep", 1)] + [("multistep", n) for n in FEW_STEPS[1:]]),
+    "shortcut": Entry("shortcut_digits", 1300, {"shortcut": FEW_STEPS}, [("shortcut", n) for n in FEW_STEPS]),
+    "latent_flow": Entry("latent_flow_digits", 4000, {"euler": (5, 10, 18, 35, 50)}, [("euler", 50)],
+                         "autoencoder"),
+    "maskgit": Entry("maskgit_digits", 2000, {None: MASKGIT_STEPS}, [(None, n) for n in MASKGIT_STEPS], "tokenizer"),
+    "igpt_tokens": Entry("igpt_tokens_digits", 2000, {"cached": (None,)}, [("cached", None)], "tokenizer"),
 }
 PROCESSES_MULTISTEP = ("ddpm", "edm", "flow")
 SAMPLER_NAMES = {"ddim": "DDIM", "heun": "Heun", "euler": "Euler", "meanflow": "jumps", "onestep": "one step",
-                 "multistep": "multistep", "shortcut": "shortcut"}
+                 "multistep": "multistep", "shortcut": "shortcut", None: "decoding", "cached": "token by token"}
 SWEEP_SAMPLES = 1000
-# --quick: a narrow UNet trained 20 steps, one sweep point per sampler (the headline's where there is one),
+MEMORY_STEPS = 20  # the short training run whose peak memory is reported
+SAMPLE_BATCH = 250  # sampling speed: batches of this size (QUICK_SAMPLES with --quick)
+# --quick: a narrow network trained 20 steps, one sweep point per sampler (the headline's where there is one),
 # 64 samples.
 QUICK_STEPS = 20
 QUICK_TRAIN = {"model.ch": 16, "model.ch_mult": "(1,2)", "model.attn_resolutions": "(8,)", "train.log_every": 10,
@@ -74,14 +113,27 @@ QUICK_TRAIN = {"model.ch": 16, "model.ch_mult": "(1,2)", "model.attn_resolutions
                "diffusion.num_timesteps": 100, "sample.steps": 10}
 # The one- and few-step configs sample in 1 NFE; the shortcut's steps must be a power of two.
 QUICK_FEW_STEP_TRAIN = dict(QUICK_TRAIN, **{"sample.steps": 1})
+QUICK_LOG = {"train.log_every": 10, "train.checkpoint_every": QUICK_STEPS, "train.sample_every": QUICK_STEPS,
+             "train.num_samples": 16}
+QUICK_FIRST_STAGE_TRAIN = dict(QUICK_LOG, **{"model.ch": 8, "model.norm_groups": 4})
+QUICK_TRANSFORMER_TRAIN = dict(QUICK_LOG, **{"model.num_layers": 1, "model.width": 32})
 QUICK_PROCESSES = {
-    "ddpm": ("ddpm_digits", QUICK_STEPS, {"ddim": (5,)}, [("ddim", 5)]),
-    "edm": ("edm_digits", QUICK_STEPS, {"heun": (3,)}, [("heun", 3)]),
-    "flow": ("flow_digits", QUICK_STEPS, {"euler": (5,), "heun": (3,)}, [("euler", 5)]),
-    "meanflow": ("meanflow_digits", QUICK_STEPS, {"meanflow": (1,)}, [("meanflow", 1)]),
-    "consistency": ("consistency_digits", QUICK_STEPS, {"onestep": (1,)}, [("onestep", 1)]),
-    "shortcut": ("shortcut_digits", QUICK_STEPS, {"shortcut": (1,)}, [("shortcut", 1)]),
+    "ddpm": Entry("ddpm_digits", QUICK_STEPS, {"ddim": (5,)}, [("ddim", 5)]),
+    "edm": Entry("edm_digits", QUICK_STEPS, {"heun": (3,)}, [("heun", 3)]),
+    "flow": Entry("flow_digits", QUICK_STEPS, {"euler": (5,), "heun": (3,)}, [("euler", 5)]),
+    "meanflow": Entry("meanflow_digits", QUICK_STEPS, {"meanflow": (1,)}, [("meanflow", 1)]),
+    "consistency": Entry("consistency_digits", QUICK_STEPS, {"onestep": (1,)}, [("onestep", 1)]),
+    "shortcut": Entry("shortcut_digits", QUICK_STEPS, {"shortcut": (1,)}, [("shortcut", 1)]),
+    "latent_flow": Entry("latent_flow_digits", QUICK_STEPS, {"euler": (5,)}, [("euler", 5)], "autoencoder"),
+    "maskgit": Entry("maskgit_digits", QUICK_STEPS, {None: (4,)}, [(None, 4)], "tokenizer"),
+    "igpt_tokens": Entry("igpt_tokens_digits", QUICK_STEPS, {"cached": (None,)}, [("cached", None)], "tokenizer"),
 }
+QUICK_OVERRIDES = {"meanflow": QUICK_FEW_STEP_TRAIN, "consistency": QUICK_FEW_STEP_TRAIN,
+                   "shortcut": QUICK_FEW_STEP_TRAIN,
+                   # Its own attention resolution: the 4x4 latents have no 8x8 level.
+                   "latent_flow": {k: v for k, v in QUICK_TRAIN.items() if k != "model.attn_resolutions"},
+                   "maskgit": QUICK_TRANSFORMER_TRAIN, "igpt_tokens": QUICK_TRANSFORMER_TRAIN,
+                   "autoencoder": QUICK_FIRST_STAGE_TRAIN, "tokenizer": QUICK_FIRST_STAGE_TRAIN}
 QUICK_SAMPLES = 64
 
 
@@ -91,11 +143,74 @@ def _cli(args: list[str], log=None) -> subprocess.CompletedProcess:
                         stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT if log else subprocess.PIPE)
 
 
-def ensure_trained(root: str, process: str, config: str, steps: int, overrides: dict) -> str:
-  """<root>/<process>, trained to `steps` with `genimg train` unless its checkpoint of that step exists."""
-  workdir = os.path.join(root, process)
+def _timed_cli(args: list[str]) -> tuple[float, float]:
+  """Wall seconds and peak resident memory (MiB) of `genimg ARGS` in a fresh process; exits on its failure."""
+  with tempfile.TemporaryFile("w+") as stderr:
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "genimg_jax.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=stderr, text=True)
+    _, status, usage = os.wait4(child.pid, 0)  # This child's own rusage.
+    wall = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+      stderr.seek(0)
+      sys.exit(f"genimg {' '.join(args)} failed (exit {child.returncode}):\n{stderr.read()[-3000:]}")
+  return wall, usage.ru_maxrss / 1024  # KiB on Linux
+
+
+def training_memory(root: str, name: str, config: str, fields: dict) -> dict:
+  """Peak resident memory of a short `genimg train` of the config (MEMORY_STEPS steps, no grids) in a scratch
+  workdir <root>/memory/<name>: the train step's memory, measured the same way for every row."""
+  copy = os.path.join(root, "reports", f"{name}-train-memory.json")
+  if os.path.exists(copy):
+    with open(copy) as f:
+      return json.load(f)
+  workdir = os.path.join(root, "memory", name)
+  shutil.rmtree(workdir, ignore_errors=True)
+  short = dict(fields, **{"train.steps": MEMORY_STEPS, "train.sample_every": 0, "train.log_every": MEMORY_STEPS})
+  args = ["train", "--config", os.path.join("configs", f"{config}.py"), "--workdir", workdir, "--no_progress",
+          *[f"--config.{k}={v}" for k, v in short.items()]]
+  print(f"genimg {' '.join(args)}", file=sys.stderr)
+  wall, peak = _timed_cli(args)
+  shutil.rmtree(workdir, ignore_errors=True)
+  measured = {"train_peak_rss_MiB": peak, "train_memory_run_s": wall, "train_memory_steps": MEMORY_STEPS}
+  os.makedirs(os.path.dirname(copy), exist_ok=True)
+  with open(copy, "w") as f:
+    json.dump(measured, f, indent=2)
+  return measured
+
+
+def sampling_speed(root: str, process: str, workdir: str, step: int, sampler: str | None, steps: int | None,
+                   batch: int) -> dict:
+  """Images/s of `genimg sample` at batch `batch`: (5 batch - batch) images over the wall-time difference of
+  drawing 5 batches and 1 (start-up, restore and compilation cancel), and the larger run's peak memory."""
+  copy = os.path.join(root, "reports", f"{process}-{sampler}-{steps}-sample-speed.json")
+  if os.path.exists(copy):
+    with open(copy) as f:
+      return json.load(f)
+  walls, peak = [], 0.0
+  loadavg = _loadavg()
+  with tempfile.TemporaryDirectory() as scratch:
+    for num in (batch, 5 * batch):
+      args = ["sample", "--workdir", workdir, "--checkpoint", str(step), "--num", str(num), "--batch_size",
+              str(batch), "--out", os.path.join(scratch, "samples.npz"), "--seed", "0"]
+      args += (["--sampler", sampler] if sampler else []) + (["--steps", str(steps)] if steps else [])
+      print(f"genimg {' '.join(args)}", file=sys.stderr)
+      wall, peak = _timed_cli(args)
+      walls.append(wall)
+  measured = {"sample_images_per_s": 4 * batch / (walls[1] - walls[0]), "sample_peak_rss_MiB": peak,
+              "sample_batch": batch, "sample_walls_s": walls, "sample_loadavg_before": loadavg}
+  os.makedirs(os.path.dirname(copy), exist_ok=True)
+  with open(copy, "w") as f:
+    json.dump(measured, f, indent=2)
+  return measured
+
+
+def ensure_trained(root: str, name: str, config: str, steps: int, overrides: dict) -> str:
+  """<root>/<name>, trained to `steps` with `genimg train` unless its checkpoint of that step exists."""
+  workdir = os.path.join(root, name)
   if not os.path.isdir(os.path.join(workdir, "checkpoints", str(steps))):
-    log_path = os.path.join(root, f"{process}.log")
+    log_path = os.path.join(root, f"{name}.log")
     print(f"training {workdir} ({config}, {steps} steps; log {log_path})", file=sys.stderr)
     fields = dict(overrides, **{"train.steps": steps})
     with open(log_path, "a") as log:
@@ -107,18 +222,20 @@ def ensure_trained(root: str, process: str, config: str, steps: int, overrides: 
       sys.exit(f"training {workdir} failed (exit {result.returncode}): see {log_path}")
   with open(os.path.join(workdir, "config.json")) as f:
     trained = json.load(f)
-  if trained["diffusion"]["process"] != process or trained["train"]["steps"] != steps:
-    sys.exit(f"{workdir} holds a {trained['diffusion']['process']} run of {trained['train']['steps']} steps, "
-             f"not {process} at {steps}: give another --workdir_root")
+  if trained["train"]["steps"] != steps:
+    sys.exit(f"{workdir} holds a run of {trained['train']['steps']} steps, not {name} at {steps}: give another "
+             "--workdir_root")
   return workdir
 
 
 def training_speed(root: str, process: str, workdir: str, steps: int) -> dict:
   """The training loop's wall seconds and steps/s from metrics.jsonl, and the process's wall seconds from
-  the last 'WALL <s> s' line of <root>/<process>.log (None without one)."""
+  the last 'WALL <s> s' line of <root>/<process>.log (None without one); images/s at the run's batch."""
   from genimg_jax import plots
 
   series = plots.training_series(workdir)
+  with open(os.path.join(workdir, "config.json")) as f:
+    batch = json.load(f)["train"]["batch_size"]
   speeds = series["steps_per_sec"]
   logged = sorted(s for s in speeds if s <= steps)
   windows = [(step - previous) / speeds[step] for previous, step in zip([0] + logged, logged)]
@@ -129,6 +246,7 @@ def training_speed(root: str, process: str, workdir: str, steps: int) -> dict:
       walls = [line.split()[1] for line in f if line.startswith("WALL ")]
     process_wall = float(walls[-1]) if walls else None
   return {"train_steps": steps, "train_loop_s": sum(windows), "train_steps_per_s": logged[-1] / sum(windows),
+          "train_batch": batch, "train_images_per_s": batch * logged[-1] / sum(windows),
           # The first window holds the compilation.
           "train_steady_steps_per_s": statistics.median(speeds[s] for s in logged[1:]) if len(logged) > 1 else None,
           "train_process_wall_s": process_wall, "train_final_loss": series["loss"][logged[-1]]}
@@ -144,8 +262,8 @@ def measure(root: str, process: str, workdir: str, step: int, sampler: str, step
     if set(metrics) <= set(saved["report"]["metrics"]):
       return saved
   args = ["eval", "--workdir", workdir, "--metrics", ",".join(metrics), "--num_samples", str(num_samples),
-          "--feature_net", "classifier", "--seed", "0", "--checkpoint", str(step), "--sampler", sampler,
-          "--steps", str(steps)]
+          "--feature_net", "classifier", "--seed", "0", "--checkpoint", str(step)]
+  args += (["--sampler", sampler] if sampler else []) + (["--steps", str(steps)] if steps else [])
   print(f"genimg {' '.join(args)}", file=sys.stderr)
   loadavg = _loadavg()  # The CPU may be shared: judges the wall seconds.
   start = time.perf_counter()
@@ -158,8 +276,8 @@ def measure(root: str, process: str, workdir: str, step: int, sampler: str, step
   # The report keeps metrics of earlier evals of this step: take this eval's and check they are its.
   report["metrics"] = {name: report["metrics"][name] for name in metrics}
   for name, entry in report["metrics"].items():
-    asked = (num_samples, 0, sampler, steps)
-    found = (entry["num_samples"], entry["seed"], entry["sampler"]["sampler"], entry["sampler"]["steps"])
+    asked = (num_samples, 0, sampler, steps or entry["sampler"].get("steps"))
+    found = (entry["num_samples"], entry["seed"], entry["sampler"].get("sampler"), entry["sampler"].get("steps"))
     if report["step"] != step or found != asked:
       sys.exit(f"{workdir}: the report's {name} of step {report['step']} has (num_samples, seed, sampler, "
                f"steps) = {found}, the eval asked for step {step}, {asked}")
@@ -174,7 +292,7 @@ def row_of(process: str, saved: dict) -> dict:
   """A table row from a measurement: its settings, NFE, metrics and eval seconds."""
   m = saved["report"]["metrics"]
   fid = m["fid"]
-  row = {"process": process, "sampler": fid["sampler"]["sampler"], "steps": fid["sampler"]["steps"],
+  row = {"process": process, "sampler": fid["sampler"].get("sampler"), "steps": fid["sampler"].get("steps"),
          "nfe": fid["sampler"]["nfe"], "num_samples": fid["num_samples"], "fid": fid["value"], "is": None,
          "is_std": None, "precision": None, "recall": None, "eval_wall_s": saved["eval_wall_s"],
          "eval_loadavg_before": saved["loadavg_before"], "feature_net": fid["feature_net"],
@@ -224,27 +342,31 @@ def tables(report: dict) -> str:
          f"{' (uncommitted changes)' if report['git']['dirty'] else ''}; {report['machine']['cpu_count']} CPUs "
          f"({report['machine']['cpu']}), load average {report['loadavg_before']} before, "
          f"{report['loadavg_after']} after.")
-  head = ["process", "config", "steps", "loop wall s", "steps/s (loop)", "steps/s (steady)", "process wall s",
-          "final loss"]
+  head = ["run", "config", "on", "steps", "loop wall s", "steps/s (loop)", "steps/s (steady)", "img/s (loop)",
+          "process wall s", "final loss", f"peak MiB ({MEMORY_STEPS}-step run)"]
   lines = [how, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for process, t in report["training"].items():
-    lines.append(f"| {process} | {t['config']} | {t['train_steps']} | {t['train_loop_s']:.0f} | "
+    lines.append(f"| {process} | {t['config']} | {t.get('first_stage') or 'pixels'} | {t['train_steps']} | "
+                 f"{t['train_loop_s']:.0f} | "
                  f"{t['train_steps_per_s']:.2f} | {_number(t['train_steady_steps_per_s'], 2)} | "
-                 f"{_number(t['train_process_wall_s'], 0)} | {t['train_final_loss']:.4f} |")
+                 f"{t['train_images_per_s']:.0f} | {_number(t['train_process_wall_s'], 0)} | "
+                 f"{t['train_final_loss']:.4f} | {_number(t.get('train_peak_rss_MiB'), 0)} |")
   sweep_title = (f"NFE vs FID ({report['sweep_samples']} samples; load: the 1-minute load average as the eval "
                  "started, on a CPU shared with other work):")
   lines += ["", sweep_title, "",
             "| process | sampler | steps | NFE | FID | eval s | load |", "|---|---|---|---|---|---|---|"]
   for r in report["sweep"]:
-    lines.append(f"| {r['process']} | {r['sampler']} | {r['steps']} | {r['nfe']} | {r['fid']:.2f} | "
-                 f"{r['eval_wall_s']:.0f} | {_load(r)} |")
+    lines.append(f"| {r['process']} | {r['sampler'] or '-'} | {r['steps'] or '-'} | {r['nfe']} | "
+                 f"{r['fid']:.2f} | {r['eval_wall_s']:.0f} | {_load(r)} |")
   lines += ["", "Each process with its config's sampler:", "",
-            "| process | sampler | steps | NFE | samples | FID | IS | precision | recall | eval s | load |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| process | sampler | steps | NFE | samples | FID | IS | precision | recall | eval s | load | "
+            "sample img/s | sample peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in report["headline"]:
-    lines.append(f"| {r['process']} | {r['sampler']} | {r['steps']} | {r['nfe']} | {r['num_samples']} | "
+    lines.append(f"| {r['process']} | {r['sampler'] or '-'} | {r['steps'] or '-'} | {r['nfe']} | "
+                 f"{r['num_samples']} | "
                  f"{r['fid']:.2f} | {_number(r['is'], 2)} ± {_number(r['is_std'], 2)} | {_number(r['precision'])} | "
-                 f"{_number(r['recall'])} | {r['eval_wall_s']:.0f} | {_load(r)} |")
+                 f"{_number(r['recall'])} | {r['eval_wall_s']:.0f} | {_load(r)} | "
+                 f"{_number(r.get('sample_images_per_s'), 1)} | {_number(r.get('sample_peak_rss_MiB'), 0)} |")
   return "\n".join(lines)
 
 
@@ -295,10 +417,10 @@ def main() -> None:
   if args.quick:
     root = os.path.join(root, "quick")
     processes = QUICK_PROCESSES
-    overrides = {name: QUICK_TRAIN if name in PROCESSES_MULTISTEP else QUICK_FEW_STEP_TRAIN for name in processes}
+    overrides = dict({name: QUICK_TRAIN for name in PROCESSES_MULTISTEP}, **QUICK_OVERRIDES)
     sweep_samples, headline_samples = QUICK_SAMPLES, [QUICK_SAMPLES]
   else:
-    processes, overrides = PROCESSES, {name: {} for name in PROCESSES}
+    processes, overrides = PROCESSES, {}
     sweep_samples = SWEEP_SAMPLES
     headline_samples = [int(n) for n in args.headline_samples.split(",") if n]
   chosen = [name for name in args.processes.split(",") if name]
@@ -312,29 +434,45 @@ def main() -> None:
   loadavg_before = _loadavg()
 
   workdirs, training = {}, {}
-  for process, (config, steps, _, _) in processes.items():
-    workdirs[process] = ensure_trained(root, process, config, steps, overrides[process])
-    training[process] = dict(config=config, **training_speed(root, process, workdirs[process], steps))
+  stages = {entry.first_stage for entry in processes.values()} - {None}
+  for name in sorted(stages):  # Trained first: the processes on them name their workdirs.
+    _, config, steps = FIRST_STAGES[name]
+    steps = QUICK_STEPS if args.quick else steps
+    workdir = ensure_trained(root, name, config, steps, overrides.get(name, {}))
+    training[name] = dict(config=config, **training_speed(root, name, workdir, steps),
+                          **training_memory(root, name, config, overrides.get(name, {})))
+  for process, entry in processes.items():
+    fields = dict(overrides.get(process, {}))
+    if entry.first_stage:
+      section = FIRST_STAGES[entry.first_stage][0]
+      fields[f"{section}.workdir"] = os.path.join(root, entry.first_stage)
+    workdirs[process] = ensure_trained(root, process, entry.config, entry.train_steps, fields)
+    training[process] = dict(config=entry.config, first_stage=entry.first_stage,
+                             **training_speed(root, process, workdirs[process], entry.train_steps),
+                             **training_memory(root, process, entry.config, fields))
 
   def evaluate(process: str, sampler: str, steps: int, n: int, metrics: tuple[str, ...]) -> dict:
-    train_steps = processes[process][1]
+    train_steps = processes[process].train_steps
     saved = measure(root, process, workdirs[process], train_steps, sampler, steps, n, metrics)
     return dict(row_of(process, saved), **training[process])
 
+  sample_batch = QUICK_SAMPLES if args.quick else SAMPLE_BATCH
+
   def headline_rows(n: int) -> list[dict]:
-    return [evaluate(process, sampler, steps, n, ("fid", "is", "pr"))
-            for process, (_, _, _, headline) in processes.items() for sampler, steps in headline]
+    return [dict(evaluate(process, sampler, steps, n, ("fid", "is", "pr")),
+                 **sampling_speed(root, process, workdirs[process], entry.train_steps, sampler, steps, sample_batch))
+            for process, entry in processes.items() for sampler, steps in entry.headline]
 
   # The smallest headline sample count first: its rows (fid, is, pr) also serve the sweep's points there.
   counts = sorted(headline_samples)
   headline = headline_rows(counts[0]) if counts else []
   sweep = [evaluate(process, sampler, steps, sweep_samples, ("fid",))
-           for process, (_, _, samplers, _) in processes.items()
-           for sampler, all_steps in samplers.items() for steps in all_steps]
+           for process, entry in processes.items()
+           for sampler, all_steps in entry.sweep.items() for steps in all_steps]
   for n in counts[1:]:
     headline += headline_rows(n)
 
-  report = {"train_steps": {process: spec[1] for process, spec in processes.items()},
+  report = {"train_steps": {process: entry.train_steps for process, entry in processes.items()},
             "sweep_samples": sweep_samples, "headline_samples": headline_samples,
             "quick": args.quick, "workdir_root": root, "git": _git_commit(), "machine": _machine(),
             "loadavg_before": loadavg_before, "loadavg_after": _loadavg(), "training": training, "sweep": sweep,

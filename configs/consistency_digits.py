@@ -5,9 +5,8 @@ adjacent noise levels with the pseudo-Huber distance, sampled in one network eva
 Command:
   genimg train --config configs/consistency_digits.py --workdir runs/consistency_digits
 Hardware: sized for a 2-core CPU (no accelerator).
-Wall time: 15 min 35 s measured at load average 5-7 (other jobs sharing the 2 cores, 2026-12-06), 1.39 steps/s
-  against flow_digits' 1.21 in the same conditions, whose idle wall time is 8 min 23 s; not yet timed on an
-  idle CPU.
+Wall time: 7 min 3 s measured (1200 steps; a 2-core CPU with low-priority jobs beside it, load average 5-5.8,
+  2026-12-07; 15 min 35 s on 2026-12-06 at load average 5-7).
 Expected result: measured on that run (benchmarks/diffusion_quality.py, `genimg eval --metrics fid,is,pr
   --num_samples 1000`, classifier features, seed 0): FID 51.5 at 1 NFE, 40.8 at 2 NFE, 43.8 at 4 NFE
   (flow_digits' Euler-50: 10.0). Two steps (2 NFE):

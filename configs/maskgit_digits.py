@@ -7,11 +7,15 @@ Command: train the tokenizer first, then this (`genimg sample` and `genimg eval`
     --config.tokenizer.workdir=runs/tokenizer_digits
   genimg eval --workdir runs/maskgit_digits --metrics fid,acc --num_samples 1000
 Hardware: sized for a 2-core CPU (no accelerator).
-Wall time: about 7 minutes, estimated from the step time (not run to the end): the first start tokenizes the
-  1497 training images once (seconds), then 2000 steps at batch 64 at 4.8 steps/s (steps 20 to 60 of a 60-step
-  run on a 2-core CPU shared with other jobs, 2026-12), and 8-step samples at steps 1000 and 2000.
-Expected result: not measured (not run to the end). In that 60-step run (on a 40-step tokenizer) the masked
-  cross-entropy fell from 6.81 nats (mean of steps 1-20; log 1000 = 6.91 is uniform) to 5.33 (steps 41-60).
+Wall time: 4 min 12 s measured (the first start tokenizes the 1497 training images in seconds; 2000 steps at
+  batch 64 at 9.7-10.2 steps/s, 8-step grids at steps 1000 and 2000; 2-core CPU shared with other jobs, load
+  average 3-6, 2026-12-07), after configs/tokenizer_digits.py's 2 min 44 s.
+Expected result: measured on that run (`genimg eval --metrics fid,acc,pr --num_samples 1000 --feature_net
+  classifier --seed 0`, 8 steps, guidance 1, EMA parameters): the digit classifier agrees with the requested
+  class on 99.9% of the samples (goal: >= 90%); FID 53.5, precision 0.89, recall 0.39 (guided samples are
+  clean but less varied than the data); the masked cross-entropy fell from 6.20 nats at step 100 (log 1000 =
+  6.91 is uniform) to 3.60 at step 2000. samples/step_0002000.png shows 64 clean digits, 0-9 in turn. The
+  table at 4, 8 and 12 steps and 10000 samples: benchmarks/results/diffusion_quality_latent.md.
 """
 
 from genimg_jax.config import base_config

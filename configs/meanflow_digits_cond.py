@@ -8,12 +8,13 @@ Command:
   genimg train --config configs/meanflow_digits_cond.py --workdir runs/meanflow_digits_cond
   then `genimg eval --workdir runs/meanflow_digits_cond --metrics fid,acc --num_samples 1000` (1 NFE)
 Hardware: sized for a 2-core CPU (no accelerator).
-Wall time: 25 min 19 s measured at load average 5-9 (other jobs sharing the 2 cores, 2026-12-06): 16 min 15 s
-  of CPU time, so at least 8 minutes on 2 idle cores; not yet timed on an idle CPU. One more network pass per
-  step than meanflow_digits (u(z, t, t | null), in eval mode).
+Wall time: 8 min 34 s measured (1200 steps; a 2-core CPU with low-priority jobs beside it, load average 4-5.6,
+  2026-12-07; 25 min 19 s on 2026-12-06 at load average 5-9). One more network pass per step than
+  meanflow_digits (u(z, t, t | null), in eval mode).
 Expected result: measured on that run (`genimg eval --metrics fid,acc,pr --num_samples 1000`, classifier
-  features, seed 0, 1 NFE): the digit classifier agrees with the requested class on 98.2% of the samples (goal: >= 95%);
-  FID 14.7, precision 0.78, recall 0.81.
+  features, seed 0, 1 NFE): the digit classifier agrees with the requested class on 98.2% of the samples
+  (goal: >= 95%); FID 14.7, precision 0.78, recall 0.81 (the same numbers, to every digit, as the run of
+  2026-12-06: the seed fixes the result).
 """
 
 import os

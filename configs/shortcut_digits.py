@@ -6,9 +6,8 @@ Command:
   genimg train --config configs/shortcut_digits.py --workdir runs/shortcut_digits
   (4 steps: --config.sample.steps=4; the flow's Euler-128: --config.sample.steps=128)
 Hardware: sized for a 2-core CPU (no accelerator).
-Wall time: 12 min 58 s measured at load average 5-7 (other jobs sharing the 2 cores, 2026-12-06), 1.79 steps/s
-  against flow_digits' 1.21 in the same conditions, whose idle wall time is 8 min 23 s; not yet timed on an
-  idle CPU.
+Wall time: 7 min 31 s measured (1300 steps; a 2-core CPU with low-priority jobs beside it, load average 4.7-5.4,
+  2026-12-07; 12 min 58 s on 2026-12-06 at load average 5-7).
 Expected result: measured on that run (benchmarks/diffusion_quality.py, `genimg eval --metrics fid,is,pr
   --num_samples 1000`, classifier features, seed 0): FID 48.3 at 1 NFE, 27.8 at 2 NFE, 18.3 at 4 NFE (flow_digits'
   Euler-50: 10.0).

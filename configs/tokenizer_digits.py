@@ -6,11 +6,12 @@ Command:
   genimg train --config configs/tokenizer_digits.py --workdir runs/tokenizer_digits
   genimg eval --workdir runs/tokenizer_digits
 Hardware: sized for a 2-core CPU (no accelerator).
-Wall time: about 4.5 minutes, estimated from the step time (not run to the end): 1200 steps at batch 32 at 4.5
-  steps/s (steps 10 to 40 of a 40-step run on a 2-core CPU shared with other jobs, 2026-12).
-Expected result: not measured (not run to the end). In that 40-step run the training loss (L1 + 1 - SSIM) fell
-  from 1.56 (mean of steps 1-10) to 0.77 (steps 31-40), the PSNR rose from 9.0 to 15.7 dB and the batch's
-  codebook usage from 10% to 15% of the 1000 codes (perplexity 59 to 95).
+Wall time: 2 min 44 s measured (1200 steps at batch 32, 8.7 steps/s between the grids, on a 2-core CPU running
+  light work beside it, load average 2.5-2.8, 2026-12-07).
+Expected result: measured on that run (`genimg eval --metrics rfid,bpd`, EMA parameters, seed 0): on the
+  300-image test split rFID 4.93 (classifier features; autoencoder_digits' continuous latents: 1.44), PSNR
+  27.1 dB, SSIM 0.928, L1 0.059; its 4608 tokens use 25% of the 1000 codes, perplexity 199. Training PSNR
+  13.6 dB at step 50, 26.3 dB at 1200.
   `genimg eval` reports the held-out PSNR, SSIM and L1, the codebook usage and perplexity of the test split's
   tokens, and the rFID of its reconstructions (classifier features). samples/step_*.png decodes uniformly
   drawn tokens (a sanity picture); samples/reconstructions_*.png is what to look at. Use

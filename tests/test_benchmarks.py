@@ -148,3 +148,25 @@ def test_a_step_torch_compile_cannot_compile_is_reported_unsupported_in_its_row(
   tables = run.report_markdown([row], ["compile"], {}, [])
   assert "| unsupported | - |" in tables
   assert f"unsupported: float32 meanflow_digits torch compile: {result['unsupported']}" in tables
+
+
+def test_the_regression_guard_compares_two_trees_side_by_side(tmp_path):
+  out = tmp_path / "regression.json"
+  result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "regression.py"), "--reference", "HEAD",
+                           "--configs", "vae_digits", "--rounds", "1", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  (row,) = report["rows"]
+  assert row["config"] == "vae_digits" and row["today_images_per_s"] > 0 and row["reference_images_per_s"] > 0
+  assert row["ratio"] == pytest.approx(row["today_images_per_s"] / row["reference_images_per_s"])
+  assert len(row["round_ratios"]) == 1 and row["today_peak_memory_MiB"] > 0
+  assert "| vae_digits |" in result.stdout
+  worktrees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=REPO).stdout
+  assert "genimg_regression_" not in worktrees  # The reference checkout is removed.
+
+
+def test_the_regression_guard_names_an_unknown_reference():
+  result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "regression.py"), "--reference",
+                           "no-such-commit"], capture_output=True, text=True, cwd=REPO)
+  assert result.returncode != 0 and "no-such-commit" in result.stderr and "Traceback" not in result.stderr
