@@ -41,8 +41,8 @@ parameters, against the 1497 digits training images (the reference the digits co
    and precision/recall at each --headline_samples (1000 and 10000).
 Memory and speed: each run's training table row gives its loop's images/s and the peak resident memory of a
 separate 20-step `genimg train` of the same config (MEMORY_STEPS, the step's memory without the long run's
-grids); each headline row gives `genimg sample`'s images/s at batch 250 (the wall-time difference of drawing
-1250 images and 250, so start-up, restore and compilation cancel) and that run's peak memory.
+grids); each headline row gives its sampler's images/s at batch 250 (the run loaded by genimg_jax.api in a fresh
+process, one batch drawn to compile, then batches timed for at least 5 s) and that process's peak memory.
 The NFE is the one the eval reports. Runs evaluate one at a time (the CPU is the bottleneck).
 An eval's report (<run>/eval/eval_<step>.json, shared by every eval of that step) is copied, its
 entries of the metrics asked for with the command and its wall seconds, to
@@ -105,6 +105,7 @@ SAMPLER_NAMES = {"ddim": "DDIM", "heun": "Heun", "euler": "Euler", "meanflow": "
 SWEEP_SAMPLES = 1000
 MEMORY_STEPS = 20  # the short training run whose peak memory is reported
 SAMPLE_BATCH = 250  # sampling speed: batches of this size (QUICK_SAMPLES with --quick)
+SAMPLE_SECONDS = 5.0  # ... timed for at least this long after the first batch
 # --quick: a narrow network trained 20 steps, one sweep point per sampler (the headline's where there is one),
 # 64 samples.
 QUICK_STEPS = 20
@@ -182,28 +183,48 @@ def training_memory(root: str, name: str, config: str, fields: dict) -> dict:
 
 def sampling_speed(root: str, process: str, workdir: str, step: int, sampler: str | None, steps: int | None,
                    batch: int) -> dict:
-  """Images/s of `genimg sample` at batch `batch`: (5 batch - batch) images over the wall-time difference of
-  drawing 5 batches and 1 (start-up, restore and compilation cancel), and the larger run's peak memory."""
+  """Images/s of the run's sampler at batch `batch` (genimg_jax.api in a fresh process: one batch to compile,
+  then batches timed for at least SAMPLE_SECONDS) and that process's peak resident memory."""
   copy = os.path.join(root, "reports", f"{process}-{sampler}-{steps}-sample-speed.json")
   if os.path.exists(copy):
     with open(copy) as f:
       return json.load(f)
-  walls, peak = [], 0.0
+  overrides = dict({"sampler": sampler} if sampler else {}, **({"steps": steps} if steps else {}))
+  job = {"workdir": workdir, "step": step, "overrides": overrides, "batch": batch}
+  print(f"sampling speed of {workdir} {overrides} at batch {batch}", file=sys.stderr)
   loadavg = _loadavg()
-  with tempfile.TemporaryDirectory() as scratch:
-    for num in (batch, 5 * batch):
-      args = ["sample", "--workdir", workdir, "--checkpoint", str(step), "--num", str(num), "--batch_size",
-              str(batch), "--out", os.path.join(scratch, "samples.npz"), "--seed", "0"]
-      args += (["--sampler", sampler] if sampler else []) + (["--steps", str(steps)] if steps else [])
-      print(f"genimg {' '.join(args)}", file=sys.stderr)
-      wall, peak = _timed_cli(args)
-      walls.append(wall)
-  measured = {"sample_images_per_s": 4 * batch / (walls[1] - walls[0]), "sample_peak_rss_MiB": peak,
-              "sample_batch": batch, "sample_walls_s": walls, "sample_loadavg_before": loadavg}
+  result = subprocess.run([sys.executable, os.path.abspath(__file__), "--sample_speed_child", json.dumps(job)],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+  lines = [line for line in result.stdout.splitlines() if line.startswith("SPEED ")]
+  if result.returncode or not lines:
+    sys.exit(f"sampling speed of {workdir} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+  measured = dict(json.loads(lines[-1][len("SPEED "):]), sample_loadavg_before=loadavg)
   os.makedirs(os.path.dirname(copy), exist_ok=True)
   with open(copy, "w") as f:
     json.dump(measured, f, indent=2)
   return measured
+
+
+def _sample_speed_child(job: dict) -> None:
+  """Prints 'SPEED {json}': images/s of job's run after a first (compiling) batch, and the peak RSS."""
+  import resource
+
+  import jax
+
+  from genimg_jax import api
+
+  run = api.Run.load(job["workdir"], job["step"], sample_overrides=job["overrides"])
+  batch, batches, start = job["batch"], 0, None
+  draws = run.sample_batches(10 ** 9, batch_size=batch)
+  jax.block_until_ready(next(draws))
+  start = time.perf_counter()
+  while batches < 2 or time.perf_counter() - start < SAMPLE_SECONDS:
+    jax.block_until_ready(next(draws))
+    batches += 1
+  seconds = time.perf_counter() - start
+  print("SPEED " + json.dumps({"sample_images_per_s": batches * batch / seconds, "sample_batch": batch,
+                               "sample_batches_timed": batches, "sample_seconds": seconds,
+                               "sample_peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def ensure_trained(root: str, name: str, config: str, steps: int, overrides: dict) -> str:
@@ -402,7 +423,7 @@ def plot(report: dict, path: str) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir_root", required=True, help="the runs: <root>/<process>, e.g. <root>/flow")
+  parser.add_argument("--workdir_root", help="the runs: <root>/<process>, e.g. <root>/flow")
   parser.add_argument("--headline_samples", default="1000,10000", help="comma-separated sample counts of the "
                       "headline rows")
   parser.add_argument("--processes", default=",".join(PROCESSES), help="comma-separated processes to train and "
@@ -411,7 +432,13 @@ def main() -> None:
                       f"{QUICK_STEPS} steps with a narrow UNet, one NFE per sampler, {QUICK_SAMPLES} samples")
   parser.add_argument("--out", help="the JSON; .md and .png go next to it (default: "
                       "benchmarks/results/diffusion_quality.json, with --quick <root>/quick/diffusion_quality.json)")
+  parser.add_argument("--sample_speed_child", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.sample_speed_child:
+    _sample_speed_child(json.loads(args.sample_speed_child))
+    return
+  if not args.workdir_root:
+    parser.error("--workdir_root is required")
 
   root = os.path.abspath(args.workdir_root)
   if args.quick:

@@ -8,8 +8,15 @@ Command: train the tokenizer first, then this (`genimg sample` and `genimg eval`
     --config.tokenizer.workdir=runs/tokenizer_digits
   genimg eval --workdir runs/igpt_tokens_digits --metrics fid,acc --num_samples 1000
 Hardware: sized for a 2-core CPU (no accelerator).
-Wall time: not yet measured.
-Expected result: not yet measured.
+Wall time: 4 min 52 s measured (the tokens cached by maskgit_digits' start; 2000 steps at batch 64 at 6.1-6.7
+  steps/s, 16-token grids at steps 1000 and 2000; a 2-core CPU shared with other jobs, load average 3.8-4.6,
+  2026-12-07), after configs/tokenizer_digits.py's 2 min 44 s.
+Expected result: measured on that run (`genimg eval --metrics fid,acc,pr,bpd --num_samples 1000 --feature_net
+  classifier --seed 0`, cached decoder, temperature 1, EMA parameters): FID 12.0, precision 0.80, recall 0.85,
+  the digit classifier agrees with the requested class on 92.4% of the samples; held-out 5.32 nats (7.67 bits)
+  per token against 1.28 nats on the training batches at step 2000: it memorises the 1497 training images'
+  tokens (85 epochs). The table with MaskGIT at 4, 8 and 12 steps and 10000 samples:
+  benchmarks/results/diffusion_quality_latent.md.
 """
 
 import os

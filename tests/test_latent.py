@@ -5,6 +5,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +113,43 @@ def test_identity_first_stage_samples_and_trains_as_pixel_diffusion(data_dir, pr
   expected = sample(pixel, p_state.ema_params)
   np.testing.assert_array_equal(sample(lat, l_state.ema_params), expected)
   assert float(jnp.std(expected)) > 0
+
+
+def test_a_cache_read_by_two_threads_at_once_gives_both_their_example(tmp_path, monkeypatch):
+  """Grain's read threads open the memory map together: one must not see the latents without the labels.
+  The first thread is held inside its second np.load until the other has read its example."""
+  np.save(tmp_path / "latents.npy", np.arange(12, dtype=np.float32).reshape(3, 1, 2, 2, 1))
+  np.save(tmp_path / "labels.npy", np.array([4, 5, 6], np.int32))
+  source = latents.LatentSource(str(tmp_path), 3)
+  real_load, calls, other_done = np.load, [], threading.Event()
+
+  def held_load(*args, **kwargs):
+    calls.append(threading.current_thread().name)
+    if threading.current_thread().name == "first" and calls.count("first") == 2:
+      other_done.wait(timeout=10)
+    return real_load(*args, **kwargs)
+
+  monkeypatch.setattr(np, "load", held_load)
+  results = {}
+
+  def read(index):
+    try:
+      results[index] = source[index]
+    finally:
+      if threading.current_thread().name == "second":
+        other_done.set()
+
+  first = threading.Thread(target=read, args=(0,), name="first")
+  first.start()
+  while calls.count("first") < 2:  # The first thread is inside its second load.
+    time.sleep(0.001)
+  second = threading.Thread(target=read, args=(2,), name="second")
+  second.start()
+  second.join(timeout=10)
+  first.join(timeout=10)
+  assert sorted(results) == [0, 2]
+  assert int(results[0]["label"]) == 4 and int(results[2]["label"]) == 6
+  np.testing.assert_array_equal(results[2]["latent"], np.arange(8, 12, dtype=np.float32).reshape(1, 2, 2, 1))
 
 
 def test_bad_autoencoder_settings_are_refused(data_dir, tmp_path):

@@ -168,8 +168,11 @@ class LatentSource:
 
   def __getitem__(self, index: int):
     if self._latents is None:
-      self._latents = np.load(os.path.join(self._directory, "latents.npy"), mmap_mode="r", allow_pickle=False)
-      self._labels = np.load(os.path.join(self._directory, "labels.npy"), allow_pickle=False)
+      # Read threads call this at once: the labels are set before the latents that say both are there.
+      labels = np.load(os.path.join(self._directory, "labels.npy"), allow_pickle=False)
+      latents = np.load(os.path.join(self._directory, "latents.npy"), mmap_mode="r", allow_pickle=False)
+      self._labels = labels
+      self._latents = latents
     return {"latent": np.asarray(self._latents[index]), "label": self._labels[index]}
 
   def __getstate__(self):
