@@ -214,7 +214,7 @@ def _sample_speed_child(job: dict) -> None:
   from genimg_jax import api
 
   run = api.Run.load(job["workdir"], job["step"], sample_overrides=job["overrides"])
-  batch, batches, start = job["batch"], 0, None
+  batch, batches = job["batch"], 0
   draws = run.sample_batches(10 ** 9, batch_size=batch)
   jax.block_until_ready(next(draws))
   start = time.perf_counter()
@@ -243,9 +243,14 @@ def ensure_trained(root: str, name: str, config: str, steps: int, overrides: dic
       sys.exit(f"training {workdir} failed (exit {result.returncode}): see {log_path}")
   with open(os.path.join(workdir, "config.json")) as f:
     trained = json.load(f)
-  if trained["train"]["steps"] != steps:
-    sys.exit(f"{workdir} holds a run of {trained['train']['steps']} steps, not {name} at {steps}: give another "
-             "--workdir_root")
+  # The method and diffusion process the config file names, and the steps asked for.
+  from genimg_jax.config import load_file
+
+  wanted = load_file(os.path.join(REPO, "configs", f"{config}.py"))
+  kind = lambda c: (c["method"], c.get("diffusion", {}).get("process"))
+  if kind(trained) != kind(wanted) or trained["train"]["steps"] != steps:
+    sys.exit(f"{workdir} holds a {kind(trained)} run of {trained['train']['steps']} steps, not {config}'s "
+             f"{kind(wanted)} at {steps}: give another --workdir_root")
   return workdir
 
 

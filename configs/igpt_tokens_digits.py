@@ -31,21 +31,14 @@ def get_config():
   config.tokenizer.workdir = ""
   config.tokenizer.required = True
 
-  # configs/maskgit_digits.py's Transformer, optimizer, batch and steps.
-  config.model.num_layers = 4
-  config.model.width = 128
-  config.model.num_heads = 4
-  config.model.dropout = 0.1
-  config.model.num_classes = 10
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.warmup_steps = 100
-  config.optimizer.weight_decay = 0.01
-  config.ema.decay = 0.999
-
-  config.train.steps = 2000
-  config.train.batch_size = 64
-  config.train.log_every = 100
-  config.train.checkpoint_every = 500
-  config.train.sample_every = 1000
-  config.eval.metrics = "fid,acc"
+  # configs/maskgit_digits.py's Transformer size, optimizer, EMA, batch, steps and metrics, read from it so the
+  # two stay comparable side by side.
+  maskgit = load_file(os.path.join(os.path.dirname(__file__), "maskgit_digits.py"))
+  for field in ("num_layers", "width", "num_heads", "mlp_ratio", "dropout", "num_classes", "attention", "dtype"):
+    config.model[field] = maskgit.model[field]
+  config.optimizer = maskgit.optimizer
+  config.ema = maskgit.ema
+  for field in ("steps", "batch_size", "log_every", "checkpoint_every", "sample_every"):
+    config.train[field] = maskgit.train[field]
+  config.eval.metrics = maskgit.eval.metrics
   return config

@@ -82,6 +82,16 @@ def make_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, i
       attention=m.attention, dtype=compute_dtype(m.dtype), vocab_size=vocab_size)
 
 
+def decoder(model: transformer.ImageTransformer, params, labels: jax.Array | None) -> sampling.Decoder:
+  """The samplers' view of `model` with `params` (its parameter tree), conditioned on labels [num] int32 (None:
+  unconditional): full forward passes over tokens [B, L] int32, cached one-token steps, and the cache."""
+  return sampling.Decoder(
+      forward=lambda tokens: model.apply({"params": params}, tokens, labels, train=False),
+      decode_step=lambda previous, position, cache: model.apply(
+          {"params": params}, previous, labels, position, cache, method=transformer.ImageTransformer.decode_step),
+      init_cache=lambda batch: transformer.init_cache(model, batch), num_tokens=model.seq_len)
+
+
 def sample_labels(num: int, num_classes: int) -> jax.Array | None:
   """The classes sample() conditions on: 0, 1, ..., num_classes - 1, 0, 1, ... ([num] int32); None if 0."""
   return default_labels(num, num_classes) if num_classes else None
@@ -130,12 +140,7 @@ def make(config: ml_collections.ConfigDict) -> Method:
   def sample(params, rng, num, labels=None):
     if labels is None or not conditional:
       labels = sample_labels(num, config.model.num_classes)
-    decoder = sampling.Decoder(
-        forward=lambda tokens: model.apply({"params": params}, tokens, labels, train=False),
-        decode_step=lambda previous, position, cache: model.apply(
-            {"params": params}, previous, labels, position, cache, method=transformer.ImageTransformer.decode_step),
-        init_cache=lambda batch: transformer.init_cache(model, batch), num_tokens=model.seq_len)
-    return arl.tokens_to_image(sampler(decoder, num, rng, config.sample), image_shape)
+    return arl.tokens_to_image(sampler(decoder(model, params, labels), num, rng, config.sample), image_shape)
 
   return Method(init=init, train_step=train_step, sample=sample, eval_step=eval_step,
                 image_shape=image_shape, num_classes=config.model.num_classes, sample_nfe=model.seq_len)

@@ -25,8 +25,7 @@ from genimg_jax.config import require
 from genimg_jax.losses import autoregressive as arl
 from genimg_jax.losses import likelihoods
 from genimg_jax.methods import autoregressive, autoregressive_sampling, latent
-from genimg_jax.methods.base import Method, TrainState, gradient_step, initial_state, make_optimizer
-from genimg_jax.models import transformer
+from genimg_jax.methods.base import Method, TrainState, make_optimizer
 
 
 def make(config: ml_collections.ConfigDict) -> Method:
@@ -63,17 +62,14 @@ def wrap(config: ml_collections.ConfigDict, stage: latent.FirstStage) -> Method:
   def init(rng: jax.Array) -> TrainState:
     tokens = jnp.zeros((1, length), jnp.int32)
     params = model.init({"params": rng}, tokens, jnp.zeros((1,), jnp.int32) if conditional else None)["params"]
-    state = initial_state(params, tx)
-    return state.replace(ema_params={"transformer": params, "tokenizer": jax.tree.map(jnp.asarray, stage.params)})
+    return latent.token_state(params, tx, stage)
 
   def train_step(state: TrainState, batch, rng: jax.Array):
     """batch["image"]: the cached tokens [B, h, w] int32 (see train_data); batch["label"] [B] int32."""
     tokens = batch["image"].reshape(batch["image"].shape[0], length).astype(jnp.int32)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, tokens, class_labels(batch),
                                                                        rng, True)
-    inner = state.replace(ema_params=state.ema_params["transformer"])
-    inner, metrics = gradient_step(inner, grads, dict(metrics, loss=loss), tx, learning_rate, config.ema.decay)
-    return inner.replace(ema_params=dict(state.ema_params, transformer=inner.ema_params)), metrics
+    return latent.token_gradient_step(state, grads, dict(metrics, loss=loss), tx, learning_rate, config.ema.decay)
 
   def eval_step(params, batch, rng: jax.Array):
     """Nats and bits per token of the held-out images' tokens (batch["image"]: pixels)."""
@@ -82,15 +78,9 @@ def wrap(config: ml_collections.ConfigDict, stage: latent.FirstStage) -> Method:
     return metrics
 
   def sample(params, rng: jax.Array, num: int, labels=None) -> jax.Array:
-    if conditional and labels is None:
+    if labels is None or not conditional:
       labels = autoregressive.sample_labels(num, config.model.num_classes)
-    labels = labels if conditional else None
-    weights = {"params": params["transformer"]}
-    decoder = autoregressive_sampling.Decoder(
-        forward=lambda tokens: model.apply(weights, tokens, labels, train=False),
-        decode_step=lambda previous, position, cache: model.apply(
-            weights, previous, labels, position, cache, method=transformer.ImageTransformer.decode_step),
-        init_cache=lambda batch: transformer.init_cache(model, batch), num_tokens=length)
+    decoder = autoregressive.decoder(model, params["transformer"], labels)
     tokens = sampler(decoder, num, rng, config.sample).reshape((num,) + grid)
     return jnp.clip(stage.decode(params["tokenizer"], tokens), -1.0, 1.0)
 

@@ -35,7 +35,7 @@ import numpy as np
 from genimg_jax import config as config_lib
 from genimg_jax.config import require
 from genimg_jax.methods import autoencoder, diffusion
-from genimg_jax.methods.base import Method, TrainState
+from genimg_jax.methods.base import Method, TrainState, gradient_step, initial_state
 
 # The config sections that name a first stage: an autoencoder (latent diffusion) or a tokenizer (MaskGIT,
 # methods/maskgit.py, whose first stage is a discrete autoencoder and whose latents are its tokens). Each is
@@ -183,3 +183,18 @@ def wrap(config: ml_collections.ConfigDict, stage: FirstStage) -> Method:
 def train_data(stage: FirstStage, source, data, **stream):
   """Method.train_data of a method on `stage`'s latents (or tokens): the installed loader's (`install`)."""
   return _loader().train_data(stage, source, data, **stream)
+
+
+def token_state(params, tx, stage: FirstStage) -> TrainState:
+  """Step 0 of a Transformer on `stage`'s tokens: params and tx's state the Transformer's (float32), ema_params
+  {"transformer": its EMA, equal to params, "tokenizer": the frozen tokenizer's parameters}."""
+  state = initial_state(params, tx)
+  return state.replace(ema_params={"transformer": params, "tokenizer": jax.tree.map(jnp.asarray, stage.params)})
+
+
+def token_gradient_step(state: TrainState, grads, metrics, tx, learning_rate, ema_decay: float):
+  """base.gradient_step of a `token_state`'s Transformer (grads like state.params); the tokenizer passes
+  through unchanged. Returns (state one step on, metrics with grad_norm and learning_rate)."""
+  inner = state.replace(ema_params=state.ema_params["transformer"])
+  inner, metrics = gradient_step(inner, grads, metrics, tx, learning_rate, ema_decay)
+  return inner.replace(ema_params=dict(state.ema_params, transformer=inner.ema_params)), metrics

@@ -32,8 +32,7 @@ import numpy as np
 from genimg_jax.config import require
 from genimg_jax.losses import maskgit as losses
 from genimg_jax.methods import autoregressive, latent, maskgit_sampling
-from genimg_jax.methods.base import (Method, TrainState, compute_dtype, default_labels, gradient_step, initial_state,
-                                     make_optimizer, optimizer_config)
+from genimg_jax.methods.base import Method, TrainState, compute_dtype, default_labels, make_optimizer, optimizer_config
 from genimg_jax.models.maskgit import MaskGITTransformer
 
 
@@ -129,9 +128,7 @@ def wrap(config: ml_collections.ConfigDict, stage: latent.FirstStage) -> Method:
 
   def init(rng: jax.Array) -> TrainState:
     tokens = jnp.zeros((1, length), jnp.int32)
-    params = model.init({"params": rng}, tokens, jnp.zeros((1,), jnp.int32))["params"]
-    state = initial_state(params, tx)
-    return state.replace(ema_params={"transformer": params, "tokenizer": jax.tree.map(jnp.asarray, stage.params)})
+    return latent.token_state(model.init({"params": rng}, tokens, jnp.zeros((1,), jnp.int32))["params"], tx, stage)
 
   def train_step(state: TrainState, batch, rng: jax.Array):
     """batch["image"]: the cached tokens [B, h, w] int32 (see train_data); batch["label"] [B] int32."""
@@ -139,9 +136,7 @@ def wrap(config: ml_collections.ConfigDict, stage: latent.FirstStage) -> Method:
     tokens = batch["image"].reshape(batch["image"].shape[0], length).astype(jnp.int32)
     labels = class_labels(batch, label_rng, config.maskgit.label_dropout)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, tokens, labels, loss_rng, True)
-    inner = state.replace(ema_params=state.ema_params["transformer"])
-    inner, metrics = gradient_step(inner, grads, dict(metrics, loss=loss), tx, learning_rate, config.ema.decay)
-    return inner.replace(ema_params=dict(state.ema_params, transformer=inner.ema_params)), metrics
+    return latent.token_gradient_step(state, grads, dict(metrics, loss=loss), tx, learning_rate, config.ema.decay)
 
   def eval_step(params, batch, rng: jax.Array):
     """The masked cross-entropy of the held-out images' tokens (batch["image"]: pixels) under a random mask."""
