@@ -170,3 +170,16 @@ def test_the_regression_guard_names_an_unknown_reference():
   result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "regression.py"), "--reference",
                            "no-such-commit"], capture_output=True, text=True, cwd=REPO)
   assert result.returncode != 0 and "no-such-commit" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_quality_benchmark_names_a_missing_root_and_a_workdir_of_another_run(tmp_path):
+  script = os.path.join(REPO, "benchmarks", "diffusion_quality.py")
+  result = subprocess.run([sys.executable, script], capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 2 and "--workdir_root" in result.stderr
+  run = tmp_path / "flow"
+  (run / "checkpoints" / "1500").mkdir(parents=True)
+  (run / "config.json").write_text(json.dumps({"method": "gan", "train": {"steps": 1500}}))
+  result = subprocess.run([sys.executable, script, "--workdir_root", str(tmp_path), "--processes", "flow"],
+                          capture_output=True, text=True, cwd=REPO)
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert f"{run} holds a ('gan', None) run of 1500 steps, not flow_digits's ('diffusion', 'flow')" in result.stderr
