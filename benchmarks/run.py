@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any, NamedTuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -247,9 +248,19 @@ def peak_flops(dtype: str, size: int, repeats: int = 5) -> float:
   return 2.0 * size ** 3 / best
 
 
-def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int, samplers: list[str],
-                 sample_num: int, lock: DeviceLock = DeviceLock(None)) -> dict:
-  """Our train step and samplers for one config, in this process; returns a row."""
+class OursStep(NamedTuple):
+  """Our train step for one config, ready to lower: `batch` is a synthetic global batch on the mesh."""
+  config: Any
+  method: Any
+  state: Any
+  batch: dict
+  keys: dict
+  train_step: Any  # steps.jit_train_step's result; .jitted(state, batch, key) -> (state, metrics)
+
+
+def build_ours(name: str, overrides: dict) -> OursStep:
+  """Our method, initial state, synthetic batch (uniform images in [-1, 1], uniform labels) and jitted train
+  step for configs/<name>.py with `overrides`, on the default mesh, in this process."""
   import jax
 
   from genimg_jax import methods, seeds
@@ -264,13 +275,24 @@ def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int
   mesh = mesh_lib.make_mesh()
   keys = seeds.root_keys(0)
   state = jax.jit(method.init, out_shardings=mesh_lib.replicated(mesh))(keys["init"])
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
   image_rng, label_rng = jax.random.split(keys["eval"])
   batch = mesh_lib.to_global({
       "image": jax.device_get(jax.random.uniform(image_rng, (batch_size,) + method.image_shape, minval=-1, maxval=1)),
       "label": jax.device_get(jax.random.randint(label_rng, (batch_size,), 0, max(method.num_classes, 1)))}, mesh)
+  return OursStep(config, method, state, batch, keys,
+                  steps.jit_train_step(method, mesh, mesh_lib.replicated(mesh)))
 
-  train_step = steps.jit_train_step(method, mesh, mesh_lib.replicated(mesh))
+
+def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int, samplers: list[str],
+                 sample_num: int, lock: DeviceLock = DeviceLock(None)) -> dict:
+  """Our train step and samplers for one config, in this process; returns a row."""
+  import jax
+
+  from genimg_jax import methods
+
+  config, method, state, batch, keys, train_step = build_ours(name, overrides)
+  batch_size = config.train.batch_size
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
   with lock.held():
     start = time.perf_counter()
     lowered = train_step.jitted.lower(state, batch, keys["train"])
@@ -323,9 +345,18 @@ def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int
   return row
 
 
-def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per_window: int,
-                  lock: DeviceLock = DeviceLock(None)) -> dict:
-  """The torch reference's train step for one config, eager or compiled, in this process."""
+class TorchStep(NamedTuple):
+  """The torch reference's train step for one config and the synthetic batch it trains on (as ours')."""
+  config: Any
+  reference: Any  # torch_reference.Reference
+  images: Any  # [B, H, W, C] float32 tensor in [-1, 1] on `device`
+  labels: Any  # [B] int64 tensor on `device`
+  device: Any
+
+
+def build_torch(name: str, overrides: dict, mode: str) -> TorchStep:
+  """The reference of configs/<name>.py with `overrides`, eager or compiled (`mode`), on the GPU if torch sees
+  one, else the CPU."""
   import torch
 
   from benchmarks import torch_reference
@@ -339,6 +370,15 @@ def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per
   generator = torch.Generator(device="cpu").manual_seed(0)
   images = (torch.rand(shape, generator=generator) * 2 - 1).to(device)
   labels = torch.randint(0, max(config.model.get("num_classes", 0), 1), shape[:1], generator=generator).to(device)
+  return TorchStep(config, reference, images, labels, device)
+
+
+def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per_window: int,
+                  lock: DeviceLock = DeviceLock(None)) -> dict:
+  """The torch reference's train step for one config, eager or compiled, in this process."""
+  import torch
+
+  config, reference, images, labels, device = build_torch(name, overrides, mode)
 
   def run(num: int) -> float:
     start = time.perf_counter()
@@ -377,8 +417,9 @@ class MeasurementFailed(Exception):
     self.status = status
 
 
-def _child(job: dict, timeout: float | None = None, env: dict | None = None) -> dict:
-  """Runs this script on `job` (see --child) in a fresh process; returns the JSON it prints after 'ROW '.
+def _child(job: dict, timeout: float | None = None, env: dict | None = None, script: str = __file__) -> dict:
+  """Runs `script` (this one by default) on `job` (see --child) in a fresh process; returns the JSON it prints
+  after 'ROW '.
 
   `env`: defaults for the process's environment. With a timeout the process leads its own process group, so that
   torch.compile's workers are killed with it.
@@ -386,7 +427,7 @@ def _child(job: dict, timeout: float | None = None, env: dict | None = None) -> 
   args = ["--child", json.dumps(job)]
   env = dict(env or {}, **os.environ)
   env["PYTHONPATH"] = REPO + os.pathsep + os.environ.get("PYTHONPATH", "")
-  proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)] + args, stdout=subprocess.PIPE,
+  proc = subprocess.Popen([sys.executable, os.path.abspath(script)] + args, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, cwd=REPO, env=env, start_new_session=timeout is not None)
   try:
     stdout, stderr = proc.communicate(timeout=timeout)

@@ -183,3 +183,62 @@ def test_the_quality_benchmark_names_a_missing_root_and_a_workdir_of_another_run
                           capture_output=True, text=True, cwd=REPO)
   assert result.returncode != 0 and "Traceback" not in result.stderr
   assert f"{run} holds a ('gan', None) run of 1500 steps, not flow_digits's ('diffusion', 'flow')" in result.stderr
+
+
+def test_the_op_profile_puts_our_thunks_and_torch_ops_in_the_same_categories(tmp_path):
+  """benchmarks/op_profile.py on the shrunk UNet: its convolutions, dense layers, GroupNorms, attention and the
+  optimizer each land in their category on both sides, and the categories add up to the ops' total."""
+  out = tmp_path / "op_profile.json"
+  result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "op_profile.py"), "--quick", "--configs",
+                           "ddpm_digits", "--steps", "2", "--torch", "eager" if WITH_TORCH else "", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, env=dict(os.environ, JAX_NUM_CPU_DEVICES="2"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  entry = json.loads(out.read_text())["configs"]["ddpm_digits"]
+  sides = [entry["ours"]] + ([entry["torch_eager"]] if WITH_TORCH else [])
+  for side in sides:
+    for category in ("convolution", "matmul", "normalization", "attention", "elementwise", "update"):
+      assert side["ms_per_step"][category] > 0 and side["ops_per_step"][category] >= 1, (category, side)
+    assert side["op_ms_per_step"] == pytest.approx(sum(side["ms_per_step"].values()))
+    assert 0 < side["op_ms_per_step"] <= 1.5 * side["wall_ms_per_step"]
+  assert entry["ours"]["devices"] == 2 and entry["ours"]["ms_per_step"]["collective"] > 0  # the gradients' all-reduce
+  assert "| convolution |" in result.stdout and "| step (wall, not profiled) |" in result.stdout
+
+
+@pytest.mark.parametrize("name, category", [
+    ("aten::conv2d", "convolution"), ("autograd::engine::evaluate_function: ConvolutionBackward0", "convolution"),
+    ("aten::addmm", "matmul"), ("autograd::engine::evaluate_function: MmBackward0", "matmul"),
+    ("aten::group_norm", "normalization"),
+    ("autograd::engine::evaluate_function: NativeLayerNormBackward0", "normalization"),
+    ("aten::scaled_dot_product_attention", "attention"), ("Optimizer.step#AdamW.step", "update"),
+    ("aten::_foreach_lerp_", "update"), ("aten::silu", "elementwise"), ("aten::copy_", "layout")])
+def test_torch_ops_are_put_in_their_category(name, category):
+  sys.path.insert(0, REPO)
+  from benchmarks import op_profile
+
+  assert op_profile.torch_category(name) == category
+
+
+def test_the_lever_sweep_reports_a_lever_the_compiler_rejects_and_names_an_unknown_one(tmp_path):
+  sys.path.insert(0, REPO)
+  from benchmarks import cpu_levers
+
+  script = os.path.join(REPO, "benchmarks", "cpu_levers.py")
+  out = tmp_path / "levers.json"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  result = subprocess.run([sys.executable, script, "--quick", "--configs", "vae_digits", "--levers", "vector_width_512",
+                           "--windows", "1", "--steps_per_window", "2", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads(out.read_text())["configs"]["vae_digits"]["summary"]["vector_width_512"]
+  assert summary["ratio"] > 0 and summary["images_per_s"] > 0
+  assert "| vector_width_512 | `--xla_cpu_prefer_vector_width=512` |" in result.stdout
+
+  cpu_levers.LEVERS["rejected"] = ("--xla_cpu_no_such_flag=true", {}, "a flag XLA does not know")
+  try:
+    failed = cpu_levers.measure("vae_digits", "rejected", quick=True, windows=1, steps_per_window=1)
+  finally:
+    del cpu_levers.LEVERS["rejected"]
+  assert "failed" in failed and failed["failed"]
+  unknown = subprocess.run([sys.executable, script, "--levers", "no_such_lever"], capture_output=True, text=True,
+                           cwd=REPO, env=env)
+  assert unknown.returncode != 0 and "no_such_lever" in unknown.stderr and "Traceback" not in unknown.stderr

@@ -136,7 +136,8 @@ class DiTBlock(nn.Module):
 
     h = _modulate(_layer_norm(self.dtype)(x), shift_attn, scale_attn)
     qkv = _dense(3 * d, "qkv", self.dtype)(h).reshape(b, length, 3, self.num_heads, d // self.num_heads)
-    h = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]).reshape(b, length, d)
+    with jax.named_scope("attention"):  # names the scores, softmax and values in profiles
+      h = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]).reshape(b, length, d)
     x = x + gate_attn * drop(_dense(d, "attn_out", self.dtype)(h))
 
     h = _modulate(_layer_norm(self.dtype)(x), shift_mlp, scale_mlp)

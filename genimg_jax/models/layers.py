@@ -89,7 +89,8 @@ class AttnBlock(nn.Module):
     head_dim = c // self.num_heads
     qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype, name="qkv")(y)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    y = jax.nn.dot_product_attention(q, k, v)
+    with jax.named_scope("attention"):  # names the scores, softmax and values in profiles
+      y = jax.nn.dot_product_attention(q, k, v)
     y = nn.DenseGeneral(c, axis=(-2, -1), dtype=self.dtype, kernel_init=nn.initializers.zeros,
                         name="proj_out")(y)
     return x + y.reshape(b, h, w, c)

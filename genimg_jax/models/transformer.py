@@ -86,11 +86,12 @@ class Block(nn.Module):
   def __call__(self, x, *, train: bool):
     qkv = self.qkv(self.ln_attn(x))
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    if self.attention == "blocked" and self.causal:
-      y = attention.causal_attention(q, k, v, ATTENTION_QUERY_BLOCKS)
-    else:
-      implementation = "xla" if self.attention == "blocked" else self.attention
-      y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=implementation)
+    with jax.named_scope("attention"):  # names the scores, softmax and values in profiles
+      if self.attention == "blocked" and self.causal:
+        y = attention.causal_attention(q, k, v, ATTENTION_QUERY_BLOCKS)
+      else:
+        implementation = "xla" if self.attention == "blocked" else self.attention
+        y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=implementation)
     x = x + self.drop(self.attn_out(y), deterministic=not train)
     return self._mlp(x, train)
 
