@@ -374,8 +374,9 @@ def build_torch(name: str, overrides: dict, mode: str) -> TorchStep:
 
 
 def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per_window: int,
-                  lock: DeviceLock = DeviceLock(None)) -> dict:
-  """The torch reference's train step for one config, eager or compiled, in this process."""
+                  lock: DeviceLock = DeviceLock(None), samplers: tuple[str, ...] = (), sample_num: int = 16) -> dict:
+  """The torch reference's train step for one config, eager or compiled, in this process; in eager mode also
+  the `samplers` the reference has (Reference.sample), timed as ours (median of repeated calls)."""
   import torch
 
   config, reference, images, labels, device = build_torch(name, overrides, mode)
@@ -403,10 +404,18 @@ def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per
   with lock.held():
     run(1)
     step_s = statistics.median(run(steps_per_window) / steps_per_window for _ in range(windows))
+    sampled = {}
+    for spec in samplers if mode == "eager" else ():
+      def draw(spec=spec):
+        images = reference.sample(spec, sample_num)
+        return images if images is None else images.sum().item()  # waits for the device
+      if draw() is not None:  # the first call warms up, untimed
+        seconds = _median_call_s(draw)
+        sampled[spec] = {"num": sample_num, "seconds": seconds, "images_per_s": sample_num / seconds}
   peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
   return dict(row, first_step_s=compile_s, train_step_s=step_s, train_images_per_s=config.train.batch_size / step_s,
-              peak_memory_MiB=peak)
+              peak_memory_MiB=peak, samplers=sampled)
 
 
 class MeasurementFailed(Exception):
@@ -490,14 +499,17 @@ def sample_table(rows: list[dict]) -> str:
   passes (for a diffusion sampler the network's throughput in images, to set against the train step's)."""
   by_dtype = len({r["dtype"] for r in rows}) > 1  # a dtype column where rows differ in it
   head = ["config"] + ["dtype"] * by_dtype + ["sampler", "NFE", "passes/img", "images", "img/s", "network img/s",
-                                              "compile s"]
+                                              "compile s", "torch eager img/s", "ours/torch"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     for spec, s in r["samplers"].items():
       passes = s["network_passes"]
       config = f"{r['config']} | {r['dtype']}" if by_dtype else r["config"]
+      torch_rate = r.get("torch", {}).get("eager", {}).get("samplers", {}).get(spec, {}).get("images_per_s")
+      ratio = f"{s['images_per_s'] / torch_rate:.2f}" if torch_rate else "-"
       lines.append(f"| {config} | {spec} | {s['nfe']} | {passes} | {s['num']} | "
-                   f"{_rate(s['images_per_s'])} | {_rate(s['images_per_s'] * passes)} | {s['compile_s']:.1f} |")
+                   f"{_rate(s['images_per_s'])} | {_rate(s['images_per_s'] * passes)} | {s['compile_s']:.1f} | "
+                   f"{_rate(torch_rate)} | {ratio} |")
   return "\n".join(lines)
 
 
@@ -596,7 +608,7 @@ def main() -> None:
                             job["samplers"], job["sample_num"], lock)
     else:
       result = measure_torch(job["config"], job["overrides"], job["mode"], job["windows"], job["steps_per_window"],
-                             lock)
+                             lock, job.get("samplers", ()), job.get("sample_num", 16))
     result["device_wait_s"] = lock.waited_s
     print("ROW " + json.dumps(result))
     return
@@ -708,7 +720,9 @@ def main() -> None:
                   "steps_per_window": args.steps_per_window}
         ours = pool.submit(measure, f"{compute} {name} ours",
                            dict(common, kind="ours", samplers=[s for s in samplers if s], sample_num=args.sample_num))
-        modes = {mode: pool.submit(measure, f"{compute} {name} torch {mode}", dict(common, kind="torch", mode=mode))
+        modes = {mode: pool.submit(measure, f"{compute} {name} torch {mode}",
+                                   dict(common, kind="torch", mode=mode, samplers=[s for s in samplers if s],
+                                        sample_num=args.sample_num))
                  for mode in torch_modes}
         groups.append((name, compute, ours, modes))
 

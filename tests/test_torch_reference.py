@@ -286,3 +286,46 @@ def test_an_unconditional_objective_hands_the_network_no_labels():
   recorder = _Recorder()
   reference_diffusion.FlowLoss(recorder, "uniform")(torch.zeros(4, 2, 2, 1), torch.zeros(4, dtype=torch.long))
   assert recorder.labels is None
+
+
+@pytest.mark.parametrize("name,variant", [("ddpm_digits", "ddim-10"), ("edm_digits", "edm-heun-3"),
+                                          ("flow_digits", "flow-euler-5")])
+def test_the_reference_samplers_make_our_samplers_network_passes(name, variant):
+  """Each sampler the speed suite times on torch runs the network as often as ours (its NFE), and draws images of
+  the config's shape; a variant of another process is not the reference's (None)."""
+  from benchmarks.run import QUICK_UNET, SAMPLE_VARIANTS
+
+  config = load_config(name, QUICK_UNET)
+  reference = torch_reference.build(config.method, config, torch.device("cpu"))
+  calls = []
+  reference.modules["model"].register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+  images = reference.sample(variant, 2)
+  nfe = methods.make(load_config(name, dict(QUICK_UNET, **SAMPLE_VARIANTS[variant]))).sample_nfe
+  assert len(calls) == nfe and set(calls) == {2}
+  size = config.data.image_size
+  assert images.shape == (2, size, size, config.data.channels) and torch.isfinite(images).all()
+  assert reference.sample("meanflow-1", 2) is None
+  other = {"ddpm_digits": "flow-euler-5", "edm_digits": "ddim-10", "flow_digits": "edm-heun-3"}[name]
+  assert reference.sample(other, 2) is None
+
+
+def test_the_reference_cached_decoder_gives_the_full_forward_pass_logits():
+  """The Transformer reference's cached sampler (timed next to ours): one pass per token, and at every position
+  the logits the teacher-forced forward pass gives for the tokens it drew."""
+  from benchmarks.torch_reference import autoregressive as reference_autoregressive
+
+  config = load_config("igpt_digits", {"data.image_size": 4, "model.width": 32, "model.num_layers": 2})
+  reference = torch_reference.build(config.method, config, torch.device("cpu"))
+  model = reference.modules["model"].eval()
+  torch.nn.init.normal_(model.head.weight, generator=torch.Generator().manual_seed(0))  # zero at init: uniform
+  step_logits = []
+  hook = model.head.register_forward_hook(lambda module, args, out: step_logits.append(out))
+  tokens = reference_autoregressive.sample_tokens(model, 3, None, torch.Generator().manual_seed(1))
+  hook.remove()
+  assert tokens.shape == (3, 16) and len(step_logits) == 16 and len(set(tokens.flatten().tolist())) > 3
+  with torch.no_grad():
+    full = model(tokens)
+  torch.testing.assert_close(torch.cat(step_logits, dim=1), full, atol=1e-5, rtol=1e-5)
+  images = reference.sample("cached", 2)
+  assert images.shape == (2, 4, 4, 1) and images.min() >= -1 and images.max() <= 1
+  assert reference.sample("uncached", 2) is None

@@ -26,10 +26,12 @@ class Reference:
 
   train_step(images, labels): images [B, H, W, C] float32 in [-1, 1] and labels
   [B] int64, both on the reference's device; returns the loss (a 0-d tensor, not
-  synchronised).
+  synchronised). sample: the diffusion references' samplers (eager), timed next to ours.
   """
   modules: dict[str, torch.nn.Module]
   train_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+  # sample(variant, num) -> [num, H, W, C] images by one of run.py's SAMPLE_VARIANTS, or None for one it lacks.
+  sample: Callable[[str, int], torch.Tensor | None] = lambda variant, num: None
 
   @property
   def num_params(self) -> int:

@@ -53,8 +53,21 @@ class Block(nn.Module):
     y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     y = y.transpose(1, 2).reshape(b, length, width)
     x = x + self.drop(self.attn_out(y))
-    h = self.mlp_out(F.gelu(self.mlp_in(self.ln_mlp(x)), approximate="tanh"))
-    return x + self.drop(h)
+    return x + self.drop(self._mlp(x))
+
+  def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+    return self.mlp_out(F.gelu(self.mlp_in(self.ln_mlp(x)), approximate="tanh"))
+
+  def decode(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: int) -> torch.Tensor:
+    """The block at one `position` (eval mode): x [B, 1, D] -> [B, 1, D]. keys, values [B, heads, L, head_dim]:
+    the cache, this position's written in place; the query attends to positions 0..position."""
+    b, _, width = x.shape
+    qkv = self.qkv(self.ln_attn(x)).view(b, 1, 3, self.num_heads, width // self.num_heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, 1, head_dim]
+    keys[:, :, position], values[:, :, position] = k[:, :, 0], v[:, :, 0]
+    y = F.scaled_dot_product_attention(q, keys[:, :, :position + 1], values[:, :, :position + 1])
+    x = x + self.attn_out(y.transpose(1, 2).reshape(b, 1, width))
+    return x + self._mlp(x)
 
 
 class ImageTransformer(nn.Module):
@@ -124,6 +137,31 @@ class ImageTransformer(nn.Module):
       return self.head(self.ln_final(x.float()))
 
 
+@torch.no_grad()
+def sample_tokens(model: ImageTransformer, num: int, labels: torch.Tensor | None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+  """Tokens [num, L] int64 drawn one at a time at temperature 1, as our cached sampler: a key/value cache per
+  block, one position per network pass (L passes). labels [num] int64 for a class-conditional model, else None.
+  Call with the model in eval mode."""
+  positions = model._position_embeddings()
+  start = model.start_embed(labels) if model.num_classes else model.start_embed.weight.expand(num, -1)
+  x = (start + positions[0])[:, None].to(model.compute_dtype)
+  heads = model.blocks[0].num_heads
+  cache_shape = (num, heads, model.seq_len, x.shape[-1] // heads)
+  caches = [(x.new_empty(cache_shape), x.new_empty(cache_shape)) for _ in model.blocks]
+  tokens = []
+  for position in range(model.seq_len):
+    for block, (keys, values) in zip(model.blocks, caches):
+      x = block.decode(x, keys, values, position)
+    with torch.autocast(x.device.type, enabled=False):
+      logits = model.head(model.ln_final(x.float()))[:, 0]
+    token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
+    tokens.append(token)
+    if position + 1 < model.seq_len:
+      x = (model.token_embed(token) + positions[position + 1])[:, None].to(model.compute_dtype)
+  return torch.stack(tokens, dim=1)
+
+
 def image_to_tokens(images: torch.Tensor, midpoints: torch.Tensor) -> torch.Tensor:
   """Images [B, H, W, C] float in [-1, 1] -> tokens [B, H * W * C] int64, raster order.
 
@@ -170,4 +208,18 @@ def build(config, device: torch.device, *, compile: bool) -> Reference:
     ema_update()
     return loss.detach()
 
-  return Reference(modules={"model": model}, train_step=train_step)
+  def sample(variant: str, num: int) -> torch.Tensor | None:
+    """run.py's 'cached' sampler: images [num, H, W, C] float32 in [-1, 1]; None for another variant."""
+    if variant != "cached":
+      return None
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    labels = torch.randint(0, m.num_classes, (num,), generator=generator).to(device) if m.num_classes else None
+    model.eval()
+    try:
+      with autocast(config, device):
+        tokens = sample_tokens(model, num, labels)
+    finally:
+      model.train()
+    return (tokens.float() / 127.5 - 1.0).reshape(num, *model.image_shape)
+
+  return Reference(modules={"model": model}, train_step=train_step, sample=sample)

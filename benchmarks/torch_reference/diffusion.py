@@ -35,6 +35,7 @@ parameter, as optax.adamw without a mask does in ours.
 """
 
 import math
+import re
 from typing import Callable
 
 import numpy as np
@@ -50,6 +51,8 @@ from benchmarks.torch_reference.layers import (GROUP_NORM_EPS, Upsample, conv3x3
 from genimg_jax.diffusion import meanflow as jax_meanflow
 from genimg_jax.diffusion import shortcut as jax_shortcut
 from genimg_jax.diffusion.ddpm import beta_schedule  # NumPy float64 betas, computed once on the host
+from genimg_jax.diffusion.ddpm import ddim_timesteps
+from genimg_jax.diffusion.edm import sigma_steps as edm_sigma_steps
 from genimg_jax.diffusion.flow import TIME_SCALE as FLOW_TIME_SCALE
 
 ARCHS = ("unet", "dit")
@@ -230,11 +233,18 @@ def edm_loss(network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: 
     lambda = (sigma^2 + sd^2) / (sigma sd)^2. Dtype of x0 (float64 in, float64 out).
   """
   s = sigma.view(-1, 1, 1, 1)
+  denoised = edm_denoise(network, x0 + s * noise, sigma, sigma_data)
+  return torch.mean((s**2 + sigma_data**2) / (s * sigma_data) ** 2 * torch.square(denoised - x0))
+
+
+def edm_denoise(network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, sigma: torch.Tensor,
+                sigma_data: float) -> torch.Tensor:
+  """D(x; sigma) = c_skip x + c_out F(c_in x; ln(sigma) / 4) (`edm_loss`'s preconditioning): x [B, H, W, C],
+  sigma [B]; returns [B, H, W, C]."""
+  s = sigma.view(-1, 1, 1, 1)
   total = s**2 + sigma_data**2
   c_skip, c_out, c_in = sigma_data**2 / total, s * sigma_data / torch.sqrt(total), 1.0 / torch.sqrt(total)
-  x = x0 + s * noise
-  denoised = c_skip * x + c_out * network(c_in * x, torch.log(sigma) / 4)
-  return torch.mean(total / (s * sigma_data) ** 2 * torch.square(denoised - x0))
+  return c_skip * x + c_out * network(c_in * x, torch.log(sigma) / 4)
 
 
 def flow_loss(network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor, t: torch.Tensor,
@@ -687,6 +697,60 @@ def build_objective(config, model: nn.Module) -> Objective:
   return SimpleLoss(model, betas, d.prediction, **classes)
 
 
+SAMPLER_PATTERN = re.compile(r"(ddim|edm-heun|flow-euler)-(\d+)")
+SAMPLER_PROCESS = {"ddim": "ddpm", "edm-heun": "edm", "flow-euler": "flow"}
+
+
+def make_sampler(config, objective: Objective, device: torch.device) -> Callable[[str, int], torch.Tensor | None]:
+  """Returns sample(variant, num): `num` images [num, H, W, C] float32 from the model in eval mode, without
+  gradients, by run.py's sampler `variant` as ours runs it, unguided, with its NFE network passes:
+  'ddim-N' (a ddpm model predicting eps; eta 0, x0 clipped to [-1, 1], ours' `ddim_timesteps`), 'edm-heun-N'
+  (EDM's Heun over ours' `sigma_steps`, 2N - 1 passes) and 'flow-euler-N' (t from 1 to 0 in N equal steps).
+  None for another variant or another process. A class-conditional model draws uniform labels."""
+  d = config.diffusion
+  shape = (config.data.image_size, config.data.image_size, config.data.channels)
+
+  @torch.no_grad()
+  def sample(variant: str, num: int) -> torch.Tensor | None:
+    match = SAMPLER_PATTERN.fullmatch(variant)
+    if not match or SAMPLER_PROCESS[match.group(1)] != d.process or (d.process == "ddpm" and d.prediction != "eps"):
+      return None
+    kind, steps = match.group(1), int(match.group(2))
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    labels = (torch.randint(0, objective.num_classes, (num,), generator=generator).to(device)
+              if objective.num_classes else None)
+    network = objective.eval_mode(objective.apply(labels))
+    x = torch.randn((num,) + shape, generator=generator).to(device)
+    full = lambda value: torch.full((num,), value, device=device)  # noqa: E731  (a per-image noise label)
+    with autocast(config, device):
+      if kind == "ddim":
+        abar = objective.alphas_cumprod
+        ts = ddim_timesteps(len(abar), steps)[::-1]
+        for i, t in enumerate(ts):
+          a, a_prev = abar[t], (abar[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), device=device))
+          eps = network(x, full(int(t)).long()).float()
+          x0 = ((x - torch.sqrt(1 - a) * eps) / torch.sqrt(a)).clamp(-1, 1)
+          eps = (x - torch.sqrt(a) * x0) / torch.sqrt(1 - a)
+          x = torch.sqrt(a_prev) * x0 + torch.sqrt(1 - a_prev) * eps
+      elif kind == "edm-heun":
+        sigmas = edm_sigma_steps(steps, d.sigma_min, d.sigma_max, d.rho)
+        x = x * sigmas[0]
+        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+          slope = (x - edm_denoise(network, x, full(s), d.sigma_data).float()) / s
+          x_next = x + (s_next - s) * slope
+          if s_next > 0:
+            slope_next = (x_next - edm_denoise(network, x_next, full(s_next), d.sigma_data).float()) / s_next
+            x_next = x + (s_next - s) * (slope + slope_next) / 2
+          x = x_next
+      else:
+        times = np.linspace(1.0, 0.0, steps + 1)
+        for t, t_next in zip(times[:-1], times[1:]):
+          x = x + (t_next - t) * network(x, full(FLOW_TIME_SCALE * t)).float()
+    return x
+
+  return sample
+
+
 def build(config, device: torch.device, *, compile: bool) -> Reference:
   """The network of `config` on `device` with its process's Adam + clipping + EMA denoising train step."""
   _validate(config)
@@ -707,4 +771,4 @@ def build(config, device: torch.device, *, compile: bool) -> Reference:
     ema_update()
     return loss.detach()
 
-  return Reference(modules={"model": model}, train_step=train_step)
+  return Reference(modules={"model": model}, train_step=train_step, sample=make_sampler(config, loss_module, device))
