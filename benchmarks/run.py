@@ -376,8 +376,9 @@ def build_torch(name: str, overrides: dict, mode: str) -> TorchStep:
 
 def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per_window: int,
                   lock: DeviceLock = DeviceLock(None), samplers: tuple[str, ...] = (), sample_num: int = 16) -> dict:
-  """The torch reference's train step for one config, eager or compiled, in this process; in eager mode also
-  the `samplers` the reference has (Reference.sample), timed as ours (median of repeated calls)."""
+  """The torch reference's train step for one config, eager or compiled, in this process, and the `samplers` the
+  reference has (Reference.sample), timed as ours (median of repeated calls, after an untimed first call that
+  compiles under torch.compile)."""
   import torch
 
   config, reference, images, labels, device = build_torch(name, overrides, mode)
@@ -402,17 +403,21 @@ def measure_torch(name: str, overrides: dict, mode: str, windows: int, steps_per
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     reason = re.sub(r" at 0x[0-9a-f]+", "", " ".join(lines[:2]).split("(*")[0])[:300]
     return dict(row, unsupported=f"torch.compile failed in the first step: {type(e).__name__}: {reason}")
+
+  def drawer(spec: str):
+    return lambda: (lambda images: images if images is None else images.sum().item())(  # waits for the device
+        reference.sample(spec, sample_num))
+
+  # Each sampler's first call, untimed and outside the lock: torch.compile compiles it there.
+  draws = {spec: drawer(spec) for spec in samplers}
+  draws = {spec: draw for spec, draw in draws.items() if draw() is not None}
   with lock.held():
     run(1)
     step_s = statistics.median(run(steps_per_window) / steps_per_window for _ in range(windows))
     sampled = {}
-    for spec in samplers if mode == "eager" else ():
-      def draw(spec=spec):
-        images = reference.sample(spec, sample_num)
-        return images if images is None else images.sum().item()  # waits for the device
-      if draw() is not None:  # the first call warms up, untimed
-        seconds = _median_call_s(draw)
-        sampled[spec] = {"num": sample_num, "seconds": seconds, "images_per_s": sample_num / seconds}
+    for spec, draw in draws.items():
+      seconds = _median_call_s(draw)
+      sampled[spec] = {"num": sample_num, "seconds": seconds, "images_per_s": sample_num / seconds}
   peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
   return dict(row, first_step_s=compile_s, train_step_s=step_s, train_images_per_s=config.train.batch_size / step_s,
@@ -500,17 +505,20 @@ def sample_table(rows: list[dict]) -> str:
   passes (for a diffusion sampler the network's throughput in images, to set against the train step's)."""
   by_dtype = len({r["dtype"] for r in rows}) > 1  # a dtype column where rows differ in it
   head = ["config"] + ["dtype"] * by_dtype + ["sampler", "NFE", "passes/img", "images", "img/s", "network img/s",
-                                              "compile s", "torch eager img/s", "ours/torch"]
+                                              "compile s", "torch eager img/s", "ours/eager",
+                                              "torch.compile img/s", "ours/compile"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     for spec, s in r["samplers"].items():
       passes = s["network_passes"]
       config = f"{r['config']} | {r['dtype']}" if by_dtype else r["config"]
-      torch_rate = r.get("torch", {}).get("eager", {}).get("samplers", {}).get(spec, {}).get("images_per_s")
-      ratio = f"{s['images_per_s'] / torch_rate:.2f}" if torch_rate else "-"
+      cells = []
+      for mode in ("eager", "compile"):
+        torch_rate = r.get("torch", {}).get(mode, {}).get("samplers", {}).get(spec, {}).get("images_per_s")
+        cells += [_rate(torch_rate), f"{s['images_per_s'] / torch_rate:.2f}" if torch_rate else "-"]
       lines.append(f"| {config} | {spec} | {s['nfe']} | {passes} | {s['num']} | "
                    f"{_rate(s['images_per_s'])} | {_rate(s['images_per_s'] * passes)} | {s['compile_s']:.1f} | "
-                   f"{_rate(torch_rate)} | {ratio} |")
+                   + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 

@@ -209,8 +209,9 @@ def build(config, device: torch.device, *, compile: bool) -> Reference:
     return loss.detach()
 
   def sample(variant: str, num: int) -> torch.Tensor | None:
-    """run.py's 'cached' sampler: images [num, H, W, C] float32 in [-1, 1]; None for another variant."""
-    if variant != "cached":
+    """run.py's 'cached' sampler: images [num, H, W, C] float32 in [-1, 1]; None for another variant, and under
+    torch.compile (the cache's growing slices would recompile at every position)."""
+    if variant != "cached" or compile:
       return None
     generator = torch.Generator(device="cpu").manual_seed(0)
     labels = torch.randint(0, m.num_classes, (num,), generator=generator).to(device) if m.num_classes else None

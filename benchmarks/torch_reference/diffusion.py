@@ -458,10 +458,12 @@ class Objective(nn.Module):
     dropped = torch.rand(labels.shape, device=labels.device) < self.label_dropout
     return torch.where(dropped, torch.full_like(labels, self.num_classes), labels)
 
-  def apply(self, labels: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """f(x [B, H, W, C], noise_label [B] or [B, 2]) -> [B, H, W, C]: the model on NCHW views of NHWC memory,
-    given `labels` as they are."""
-    return lambda x, noise_label: self.model(self.to_nchw(x), noise_label, labels).permute(0, 2, 3, 1)
+  def apply(self, labels: torch.Tensor | None,
+            model: Callable[..., torch.Tensor] | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """f(x [B, H, W, C], noise_label [B] or [B, 2]) -> [B, H, W, C]: the model (or `model`, a compiled view of
+    it) on NCHW views of NHWC memory, given `labels` as they are."""
+    model = self.model if model is None else model
+    return lambda x, noise_label: model(self.to_nchw(x), noise_label, labels).permute(0, 2, 3, 1)
 
   def to_nchw(self, x: torch.Tensor) -> torch.Tensor:
     """x [B, H, W, C] as the model's [B, C, H, W] input: a free view of the NHWC memory (channels_last)."""
@@ -701,13 +703,16 @@ SAMPLER_PATTERN = re.compile(r"(ddim|edm-heun|flow-euler)-(\d+)")
 SAMPLER_PROCESS = {"ddim": "ddpm", "edm-heun": "edm", "flow-euler": "flow"}
 
 
-def make_sampler(config, objective: Objective, device: torch.device) -> Callable[[str, int], torch.Tensor | None]:
+def make_sampler(config, objective: Objective, device: torch.device,
+                 compile: bool = False) -> Callable[[str, int], torch.Tensor | None]:
   """Returns sample(variant, num): `num` images [num, H, W, C] float32 from the model in eval mode, without
   gradients, by run.py's sampler `variant` as ours runs it, unguided, with its NFE network passes:
   'ddim-N' (a ddpm model predicting eps; eta 0, x0 clipped to [-1, 1], ours' `ddim_timesteps`), 'edm-heun-N'
   (EDM's Heun over ours' `sigma_steps`, 2N - 1 passes) and 'flow-euler-N' (t from 1 to 0 in N equal steps).
-  None for another variant or another process. A class-conditional model draws uniform labels."""
+  None for another variant or another process. A class-conditional model draws uniform labels. `compile`: the
+  network runs under torch.compile (compiled at the first call)."""
   d = config.diffusion
+  model = maybe_compile(objective.model, compile)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
 
   @torch.no_grad()
@@ -719,7 +724,7 @@ def make_sampler(config, objective: Objective, device: torch.device) -> Callable
     generator = torch.Generator(device="cpu").manual_seed(0)
     labels = (torch.randint(0, objective.num_classes, (num,), generator=generator).to(device)
               if objective.num_classes else None)
-    network = objective.eval_mode(objective.apply(labels))
+    network = objective.eval_mode(objective.apply(labels, model))
     x = torch.randn((num,) + shape, generator=generator).to(device)
     full = lambda value: torch.full((num,), value, device=device)  # noqa: E731  (a per-image noise label)
     with autocast(config, device):
@@ -771,4 +776,5 @@ def build(config, device: torch.device, *, compile: bool) -> Reference:
     ema_update()
     return loss.detach()
 
-  return Reference(modules={"model": model}, train_step=train_step, sample=make_sampler(config, loss_module, device))
+  return Reference(modules={"model": model}, train_step=train_step, sample=make_sampler(config, loss_module, device,
+                                                                                     compile))
