@@ -4,8 +4,8 @@ r"""Each XLA:CPU lever on our train step, next to the defaults, side by side in 
   python benchmarks/cpu_levers.py --levers onednn,no_xnnpack --configs ddpm_digits --rounds 2
   python benchmarks/cpu_levers.py --quick --levers onednn --configs vae_digits   # a smoke run
 
-A lever is an XLA flag of the installed jaxlib (XLA_FLAGS, read when the CPU backend starts) or a config
-override. Each measurement is benchmarks/run.py's (run.measure_ours: the train step on a synthetic batch,
+A lever is an XLA flag of the installed jaxlib (added to the environment's XLA_FLAGS, read when the CPU backend
+starts) or a config override. Each measurement is benchmarks/run.py's (run.measure_ours: the train step on a synthetic batch,
 median of timed windows) in a fresh process. Per config and round the defaults are measured first and last,
 the levers in between, the levers' order reversed every other round; a lever's ratio is its images/s over the
 mean of the two default measurements around it. A lever the compiler rejects is reported as failed, with the
@@ -53,7 +53,8 @@ def measure(name: str, lever: str | None, quick: bool, windows: int, steps_per_w
   job = {"kind": "ours", "config": name, "overrides": overrides, "windows": windows,
          "steps_per_window": steps_per_window, "samplers": [], "sample_num": 1}
   try:
-    return run._child(job, env={"XLA_FLAGS": flags} if flags else None)
+    # After the environment's own XLA_FLAGS (a device count, say), which the defaults are measured with too.
+    return run._child(job, env_overrides={"XLA_FLAGS": " ".join(filter(None, [os.environ.get("XLA_FLAGS"), flags]))})
   except run.MeasurementFailed as e:  # XLA names a flag it rejects on one line of its log
     lines = [line for line in str(e).splitlines() if line.strip()]
     reason = next((line for line in lines if re.search(r"(?i)unknown flag|illegal value|error", line)), lines[-1])
@@ -115,8 +116,6 @@ def main() -> None:
     sys.exit(f"--levers: unknown {sorted(set(levers) - set(LEVERS))}; known: {list(LEVERS)}")
   if args.quick and set(names) - set(run.QUICK_OVERRIDES):
     sys.exit(f"--quick: no QUICK_OVERRIDES for {sorted(set(names) - set(run.QUICK_OVERRIDES))}")
-  if os.environ.get("XLA_FLAGS"):
-    sys.exit("XLA_FLAGS is set: unset it, the levers set it for their own measurements")
   report = {"loadavg_before": run._loadavg(), "levers": levers, "rounds": args.rounds, "configs": {},
             "what": {lever: LEVERS[lever][2] for lever in levers}}
   for name in names:

@@ -432,15 +432,16 @@ class MeasurementFailed(Exception):
     self.status = status
 
 
-def _child(job: dict, timeout: float | None = None, env: dict | None = None, script: str = __file__) -> dict:
+def _child(job: dict, timeout: float | None = None, env: dict | None = None, script: str = __file__,
+           env_overrides: dict | None = None) -> dict:
   """Runs `script` (this one by default) on `job` (see --child) in a fresh process; returns the JSON it prints
   after 'ROW '.
 
-  `env`: defaults for the process's environment. With a timeout the process leads its own process group, so that
+  `env`: defaults for the process's environment; `env_overrides`: set over it. With a timeout the process leads its own process group, so that
   torch.compile's workers are killed with it.
   """
   args = ["--child", json.dumps(job)]
-  env = dict(env or {}, **os.environ)
+  env = {**(env or {}), **os.environ, **(env_overrides or {})}
   env["PYTHONPATH"] = REPO + os.pathsep + os.environ.get("PYTHONPATH", "")
   proc = subprocess.Popen([sys.executable, os.path.abspath(script)] + args, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, cwd=REPO, env=env, start_new_session=timeout is not None)
