@@ -437,8 +437,8 @@ def _child(job: dict, timeout: float | None = None, env: dict | None = None, scr
   """Runs `script` (this one by default) on `job` (see --child) in a fresh process; returns the JSON it prints
   after 'ROW '.
 
-  `env`: defaults for the process's environment; `env_overrides`: set over it. With a timeout the process leads its own process group, so that
-  torch.compile's workers are killed with it.
+  `env`: defaults for the process's environment; `env_overrides`: set over it. With a timeout the process leads
+  its own process group, so that torch.compile's workers are killed with it.
   """
   args = ["--child", json.dumps(job)]
   env = {**(env or {}), **os.environ, **(env_overrides or {})}
@@ -495,10 +495,17 @@ def train_table(rows: list[dict], torch_modes: list[str]) -> str:
       if t and "unsupported" in t:
         cells += ["unsupported", "-"]
       else:
-        cells += [_rate(t["train_images_per_s"]), f"{r['train_images_per_s'] / t['train_images_per_s']:.2f}"] \
-            if t else ["-", "-"]
+        cells += [_rate(t["train_images_per_s"]), _ratio_cell(r, t)] if t else ["-", "-"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def _ratio_cell(ours: dict, torch: dict) -> str:
+  """ours/torch of the median images/s, and every round's ratio in brackets when there were several."""
+  rounds = [o / t for o, t in zip(ours.get("train_images_per_s_rounds", []),
+                                  torch.get("train_images_per_s_rounds", []))]
+  return f"{ours['train_images_per_s'] / torch['train_images_per_s']:.2f}" + (
+      f" ({', '.join(f'{x:.2f}' for x in rounds)})" if len(rounds) > 1 else "")
 
 
 def sample_table(rows: list[dict]) -> str:
@@ -529,6 +536,24 @@ def _torch_available() -> bool:
   except ImportError:
     return False
   return True
+
+
+def combine_rounds(results: list[dict | None]) -> dict | None:
+  """One measurement's rounds as one result: the first round's (with its samplers), the train step's images/s
+  the median over the rounds (every round's in train_images_per_s_rounds), the peak memory the largest.
+  None if a round is missing (failed or skipped)."""
+  if any(r is None for r in results):
+    return None
+  first = dict(results[0])
+  if "unsupported" in first:
+    return first
+  rates = [r["train_images_per_s"] for r in results]
+  first.update(train_images_per_s=statistics.median(rates), train_images_per_s_rounds=rates,
+               train_step_s=statistics.median(r["train_step_s"] for r in results),
+               peak_memory_MiB=max(r["peak_memory_MiB"] for r in results))
+  if "flops_per_image" in first:
+    first["achieved_flops_per_s"] = first["flops_per_image"] * first["train_images_per_s"]
+  return first
 
 
 def _time_note(result: dict) -> str:
@@ -581,6 +606,9 @@ def main() -> None:
                       "every config for each, in this order (default: each config's model.dtype)")
   parser.add_argument("--windows", type=int, help="timed windows of the train step (default 5; 3 with --gpu_suite)")
   parser.add_argument("--steps_per_window", type=int, default=5)
+  parser.add_argument("--rounds", type=int, default=1, help="measurements of each train step, ours and torch's "
+                      "alternating in order between rounds; a row gives the medians and every round's ratio "
+                      "(the samplers are timed in the first round)")
   parser.add_argument("--samplers", help="comma-separated names from SAMPLE_VARIANTS for every config "
                       "(default: each config's default_samplers, or GPU_SUITE's; '' for none)")
   parser.add_argument("--sample_num", type=int, help="images per sampler call (default 16; 64 with --gpu_suite)")
@@ -727,13 +755,16 @@ def main() -> None:
                                               {"kind": "peak", "dtype": compute, "size": args.peak_size or
                                                (1024 if args.quick else None)})
         common = {"config": name, "overrides": overrides, "windows": args.windows,
-                  "steps_per_window": args.steps_per_window}
-        ours = pool.submit(measure, f"{compute} {name} ours",
-                           dict(common, kind="ours", samplers=[s for s in samplers if s], sample_num=args.sample_num))
-        modes = {mode: pool.submit(measure, f"{compute} {name} torch {mode}",
-                                   dict(common, kind="torch", mode=mode, samplers=[s for s in samplers if s],
-                                        sample_num=args.sample_num))
-                 for mode in torch_modes}
+                  "steps_per_window": args.steps_per_window, "sample_num": args.sample_num}
+        ours, modes = [], {mode: [] for mode in torch_modes}
+        for r in range(args.rounds):
+          jobs = [(None, dict(common, kind="ours"))] + [(mode, dict(common, kind="torch", mode=mode))
+                                                        for mode in torch_modes]
+          for mode, job in (jobs if r % 2 == 0 else jobs[::-1]):  # a drift of the machine falls on both sides
+            job["samplers"] = [s for s in samplers if s] if r == 0 else []
+            label = f"{compute} {name} " + ("ours" if mode is None else f"torch {mode}") + (
+                f" round {r + 1}" if args.rounds > 1 else "")
+            (ours if mode is None else modes[mode]).append(pool.submit(measure, label, job))
         groups.append((name, compute, ours, modes))
 
     for name, dtype, ours, modes in groups:
@@ -741,9 +772,9 @@ def main() -> None:
         peak = outcome_of(peak_futures.pop(dtype), config="matmul", dtype=dtype, measurement="peak")
         if peak:
           peaks[dtype] = peak
-      row = outcome_of(ours, config=name, dtype=dtype, measurement="ours")
-      results = {mode: outcome_of(f, config=name, dtype=dtype, measurement=f"torch {mode}")
-                 for mode, f in modes.items()}
+      row = combine_rounds([outcome_of(f, config=name, dtype=dtype, measurement="ours") for f in ours])
+      results = {mode: combine_rounds([outcome_of(f, config=name, dtype=dtype, measurement=f"torch {mode}")
+                                       for f in futures]) for mode, futures in modes.items()}
       if row:
         peak = peaks.get(dtype)
         row["peak_flops_per_s"] = peak["flops_per_s"] if peak else None
@@ -754,6 +785,8 @@ def main() -> None:
             require_same_params(name, result["module"], row["params"], result["params"])
             if "unsupported" not in result:
               result["ours_per_torch"] = row["train_images_per_s"] / result["train_images_per_s"]
+              result["ours_per_torch_rounds"] = [o / t for o, t in zip(row["train_images_per_s_rounds"],
+                                                                       result["train_images_per_s_rounds"])]
             row["torch"][mode] = result
         rows.append(row)
       write_report()

@@ -242,3 +242,34 @@ def test_the_lever_sweep_reports_a_lever_the_compiler_rejects_and_names_an_unkno
   unknown = subprocess.run([sys.executable, script, "--levers", "no_such_lever"], capture_output=True, text=True,
                            cwd=REPO, env=env)
   assert unknown.returncode != 0 and "no_such_lever" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_combine_rounds_takes_medians_and_keeps_the_first_rounds_samplers():
+  from benchmarks import run
+
+  rounds = [{"train_images_per_s": rate, "train_step_s": 32 / rate, "peak_memory_MiB": mib, "flops_per_image": 2.0,
+             "samplers": {"ddim-50": {"images_per_s": 9.0}} if i == 0 else {}}
+            for i, (rate, mib) in enumerate([(100.0, 900.0), (300.0, 700.0), (200.0, 800.0)])]
+  combined = run.combine_rounds(rounds)
+  assert combined["train_images_per_s"] == 200.0 and combined["train_images_per_s_rounds"] == [100.0, 300.0, 200.0]
+  assert combined["train_step_s"] == 32 / 200.0 and combined["peak_memory_MiB"] == 900.0
+  assert combined["achieved_flops_per_s"] == 400.0 and combined["samplers"] == {"ddim-50": {"images_per_s": 9.0}}
+  assert run.combine_rounds([rounds[0], None]) is None
+  assert run.combine_rounds([{"unsupported": "why"}, {"unsupported": "why"}]) == {"unsupported": "why"}
+
+
+@pytest.mark.skipif(not WITH_TORCH, reason="rounds alternate ours with torch's")
+def test_rounds_alternate_ours_and_torch_and_report_every_ratio(tmp_path):
+  out = tmp_path / "run.json"
+  result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--quick", "--configs",
+                           "vae_digits", "--rounds", "2", "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  order = [line.split("] ", 1)[1].split(":")[0] for line in result.stderr.splitlines() if "vae_digits" in line]
+  assert order == ["float32 vae_digits ours round 1", "float32 vae_digits torch eager round 1",
+                   "float32 vae_digits torch eager round 2", "float32 vae_digits ours round 2"]
+  (row,) = json.loads(out.read_text())["rows"]
+  eager = row["torch"]["eager"]
+  assert len(row["train_images_per_s_rounds"]) == len(eager["train_images_per_s_rounds"]) == 2
+  assert eager["ours_per_torch"] == row["train_images_per_s"] / eager["train_images_per_s"]
+  ratios = ", ".join(f"{x:.2f}" for x in eager["ours_per_torch_rounds"])
+  assert f"({ratios})" in result.stdout and row["samplers"]
