@@ -273,3 +273,19 @@ def test_rounds_alternate_ours_and_torch_and_report_every_ratio(tmp_path):
   assert eager["ours_per_torch"] == row["train_images_per_s"] / eager["train_images_per_s"]
   ratios = ", ".join(f"{x:.2f}" for x in eager["ours_per_torch_rounds"])
   assert f"({ratios})" in result.stdout and row["samplers"]
+
+
+def test_the_step_levers_time_every_variant_on_two_devices(tmp_path):
+  """benchmarks/step_levers.py on 2 CPU devices, where the flat all-reduce has something to reduce: its shard_map
+  compiles only if every gradient and metric is averaged over the devices (check_vma)."""
+  out = tmp_path / "step_levers.json"
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="2")
+  result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "step_levers.py"), "--quick", "--configs",
+                           "vae_digits", "--rounds", "2", "--windows", "1", "--steps_per_window", "2", "--out",
+                           str(out)], capture_output=True, text=True, cwd=REPO, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  row = json.loads(out.read_text())["configs"]["vae_digits"]
+  assert row["devices"] == 2 and row["ratio"]["default"] == 1.0
+  for variant in ("default", "flat_all_reduce", "flat_optimizer"):
+    assert len(row["images_per_s"][variant]) == 2 and min(row["images_per_s"][variant]) > 0, variant
+  assert "| flat_all_reduce |" in result.stdout and "| flat_optimizer |" in result.stdout
