@@ -42,6 +42,8 @@ LEVERS = {
                                "one all-reduce per gradient, each as soon as it is computed, not one combined"),
     "fast_math": ("--xla_cpu_enable_fast_math=true", {}, "fast math (changes results: measured, never a default)"),
     "one_device": ("", {"mesh.cpu_devices": 1}, "one CPU device for both cores (default: one per core)"),
+    "fsdp": ("", {"mesh.fsdp": 2}, "the state sharded over the 2 devices: each updates half the parameters, "
+             "gradients reduce-scattered and parameters all-gathered (default: replicated, every device updates all)"),
 }
 
 

@@ -260,27 +260,30 @@ class OursStep(NamedTuple):
 
 def build_ours(name: str, overrides: dict) -> OursStep:
   """Our method, initial state, synthetic batch (uniform images in [-1, 1], uniform labels) and jitted train
-  step for configs/<name>.py with `overrides`, on the default mesh, in this process."""
+  step for configs/<name>.py with `overrides`, on the config's mesh with the state sharded as the trainer shards
+  it (replicated unless mesh.fsdp > 1), in this process."""
   import jax
 
   from genimg_jax import methods, seeds
   from genimg_jax.parallel import mesh as mesh_lib
   from genimg_jax.parallel import runtime
   from genimg_jax.train import steps
+  from genimg_jax.train import workdir
 
   config = load_config(name, overrides)
   batch_size = config.train.batch_size
   runtime.setup(config)
   method = methods.make(config)
-  mesh = mesh_lib.make_mesh()
+  mesh = mesh_lib.make_mesh(config.mesh.fsdp)
   keys = seeds.root_keys(0)
-  state = jax.jit(method.init, out_shardings=mesh_lib.replicated(mesh))(keys["init"])
+  state_sharding = jax.tree.map(lambda x: x.sharding, workdir.abstract_state(method, mesh, config.mesh.fsdp_min_size))
+  state = jax.jit(method.init, out_shardings=state_sharding)(keys["init"])
   image_rng, label_rng = jax.random.split(keys["eval"])
   batch = mesh_lib.to_global({
       "image": jax.device_get(jax.random.uniform(image_rng, (batch_size,) + method.image_shape, minval=-1, maxval=1)),
       "label": jax.device_get(jax.random.randint(label_rng, (batch_size,), 0, max(method.num_classes, 1)))}, mesh)
   return OursStep(config, method, state, batch, keys,
-                  steps.jit_train_step(method, mesh, mesh_lib.replicated(mesh)))
+                  steps.jit_train_step(method, mesh, state_sharding))
 
 
 def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int, samplers: list[str],
@@ -330,7 +333,7 @@ def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int
       variant = load_config(name, dict(overrides, **SAMPLE_VARIANTS[spec]))
       variant_method = methods.make(variant)
       # As `genimg sample` and `genimg eval` draw: the images split over the devices, per-image keys.
-      draw = functions.sampler(variant_method, mesh_lib.make_mesh(), sample_num)
+      draw = functions.sampler(variant_method, mesh_lib.make_mesh(variant.mesh.fsdp), sample_num)
       first_s = _sync_timer(draw, state.ema_params, keys["sample"])[1]
       sample_s = _median_call_s(draw, state.ema_params, keys["sample"])
       row["samplers"][spec] = {"num": sample_num, "compile_s": max(first_s - sample_s, 0.0), "seconds": sample_s,

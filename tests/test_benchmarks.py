@@ -289,3 +289,20 @@ def test_the_step_levers_time_every_variant_on_two_devices(tmp_path):
   for variant in ("default", "flat_all_reduce", "flat_optimizer"):
     assert len(row["images_per_s"][variant]) == 2 and min(row["images_per_s"][variant]) > 0, variant
   assert "| flat_all_reduce |" in result.stdout and "| flat_optimizer |" in result.stdout
+
+
+def test_the_suite_shards_the_state_as_the_config_says():
+  """run.build_ours with mesh.fsdp=2 on 2 devices: parameters sharded over fsdp, as the trainer shards them, and the
+  step runs on that state (cpu_levers.py's `fsdp` lever)."""
+  code = """
+import jax
+from benchmarks import run
+ours = run.build_ours("vae_digits", dict(run.QUICK_OVERRIDES["vae_digits"], **{"mesh.fsdp": 2, "mesh.fsdp_min_size": 1}))
+specs = {str(x.sharding.spec) for x in jax.tree.leaves(ours.state.params)}
+assert any("fsdp" in s for s in specs), specs
+state, metrics = ours.train_step.jitted(ours.state, ours.batch, ours.keys["train"])
+assert any("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(state.params)) and float(metrics["loss"]) > 0
+"""
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env=dict(os.environ, JAX_NUM_CPU_DEVICES="2"))
+  assert result.returncode == 0, result.stderr[-3000:]
