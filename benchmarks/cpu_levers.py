@@ -50,8 +50,7 @@ LEVERS = {
 def measure(name: str, lever: str | None, quick: bool, windows: int, steps_per_window: int) -> dict:
   """One measurement of our train step in a fresh process: its row, or {"failed": reason}."""
   flags, overrides = ("", {}) if lever is None else LEVERS[lever][:2]
-  overrides = dict(run.QUICK_OVERRIDES[name] if quick else {}, **overrides,
-                   **{"train.batch_size": run.DEFAULT_BATCH_SIZES.get(name, 32)})  # as run.py's suite
+  overrides = dict(run.suite_overrides(name, quick), **overrides)
   job = {"kind": "ours", "config": name, "overrides": overrides, "windows": windows,
          "steps_per_window": steps_per_window, "samplers": [], "sample_num": 1}
   try:

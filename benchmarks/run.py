@@ -206,6 +206,27 @@ def _sync_timer(fn, *args):
   return out, time.perf_counter() - start
 
 
+def time_train_step(step, state, batch, key, windows: int, steps_per_window: int):
+  """(state after the timed steps, median seconds per step over `windows` windows of `steps_per_window` steps
+  of step(state, batch, key) -> (state, metrics), each window synchronised at its end)."""
+  import jax
+
+  seconds = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    for _ in range(steps_per_window):
+      state, metrics = step(state, batch, key)
+    jax.block_until_ready((state, metrics))
+    seconds.append((time.perf_counter() - start) / steps_per_window)
+  return state, statistics.median(seconds)
+
+
+def suite_overrides(name: str, quick: bool) -> dict:
+  """The config overrides the suite measures `name` with by default: QUICK_OVERRIDES with --quick, and the
+  batch size of DEFAULT_BATCH_SIZES (32 unless listed)."""
+  return dict(QUICK_OVERRIDES.get(name, {}) if quick else {}, **{"train.batch_size": DEFAULT_BATCH_SIZES.get(name, 32)})
+
+
 def _median_call_s(fn, *args, budget_s: float = 2.0, max_calls: int = 10) -> float:
   """Median seconds of synchronised calls of fn(*args), repeated while the calls so far took under budget_s."""
   seconds = []
@@ -311,14 +332,7 @@ def measure_ours(name: str, overrides: dict, windows: int, steps_per_window: int
     if flops < 0.5 * lowered_flops:
       flops, flops_source = lowered_flops, "lowered"
     (state, _), _ = _sync_timer(compiled, state, batch, keys["train"])  # warm-up step, untimed
-    seconds = []
-    for _ in range(windows):
-      start = time.perf_counter()
-      for _ in range(steps_per_window):
-        state, metrics = compiled(state, batch, keys["train"])
-      jax.block_until_ready((state, metrics))
-      seconds.append((time.perf_counter() - start) / steps_per_window)
-    step_s = statistics.median(seconds)
+    state, step_s = time_train_step(compiled, state, batch, keys["train"], windows, steps_per_window)
     row = {"config": name, "family": config.method, "overrides": {k: str(v) for k, v in overrides.items()},
            "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform, "jax": jax.__version__,
            "num_devices": jax.device_count(), "dtype": config.model.dtype, "deterministic": config.deterministic,
@@ -498,17 +512,15 @@ def train_table(rows: list[dict], torch_modes: list[str]) -> str:
       if t and "unsupported" in t:
         cells += ["unsupported", "-"]
       else:
-        cells += [_rate(t["train_images_per_s"]), _ratio_cell(r, t)] if t else ["-", "-"]
+        cells += [_rate(t["train_images_per_s"]), _ratio_cell(t)] if t else ["-", "-"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
-def _ratio_cell(ours: dict, torch: dict) -> str:
+def _ratio_cell(torch: dict) -> str:
   """ours/torch of the median images/s, and every round's ratio in brackets when there were several."""
-  rounds = [o / t for o, t in zip(ours.get("train_images_per_s_rounds", []),
-                                  torch.get("train_images_per_s_rounds", []))]
-  return f"{ours['train_images_per_s'] / torch['train_images_per_s']:.2f}" + (
-      f" ({', '.join(f'{x:.2f}' for x in rounds)})" if len(rounds) > 1 else "")
+  rounds = torch.get("ours_per_torch_rounds", [])
+  return f"{torch['ours_per_torch']:.2f}" + (f" ({', '.join(f'{x:.2f}' for x in rounds)})" if len(rounds) > 1 else "")
 
 
 def sample_table(rows: list[dict]) -> str:

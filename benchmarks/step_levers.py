@@ -25,7 +25,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -98,8 +97,7 @@ def measure(name: str, quick: bool, rounds: int, windows: int, steps_per_window:
 
   from genimg_jax.parallel import mesh as mesh_lib
 
-  overrides = dict(run.QUICK_OVERRIDES[name] if quick else {}, **{"train.batch_size": run.DEFAULT_BATCH_SIZES.get(
-      name, 32)})
+  overrides = run.suite_overrides(name, quick)
   built, compiled = {}, {}
   for variant in VARIANTS:
     with flat_optimizer() if variant == "flat_optimizer" else contextlib.nullcontext():
@@ -113,14 +111,10 @@ def measure(name: str, quick: bool, rounds: int, windows: int, steps_per_window:
   rates = {v: [] for v in VARIANTS}
   for r in range(rounds):
     for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
-      b, step, seconds = built[variant], compiled[variant], []
-      for _ in range(windows):
-        start = time.perf_counter()
-        for _ in range(steps_per_window):
-          states[variant], metrics = step(states[variant], b.batch, b.keys["train"])
-        jax.block_until_ready((states[variant], metrics))
-        seconds.append((time.perf_counter() - start) / steps_per_window)
-      rates[variant].append(b.config.train.batch_size / statistics.median(seconds))
+      b = built[variant]
+      states[variant], step_s = run.time_train_step(compiled[variant], states[variant], b.batch, b.keys["train"],
+                                                     windows, steps_per_window)
+      rates[variant].append(b.config.train.batch_size / step_s)
   default = statistics.median(rates["default"])
   return {"devices": jax.device_count(), "images_per_s": rates,
           "ratio": {v: statistics.median(rates[v]) / default for v in VARIANTS}}
