@@ -306,3 +306,11 @@ assert any("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(state.params)
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                           env=dict(os.environ, JAX_NUM_CPU_DEVICES="2"))
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_step_levers_name_a_config_quick_cannot_shrink(tmp_path):
+  result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "step_levers.py"), "--quick", "--configs",
+                           "ddpm_cifar10", "--out", str(tmp_path / "levers.json")], capture_output=True, text=True,
+                          cwd=REPO)
+  assert result.returncode != 0 and "--quick: no QUICK_OVERRIDES for ['ddpm_cifar10']" in result.stderr
+  assert not (tmp_path / "levers.json").exists()
