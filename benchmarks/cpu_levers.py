@@ -5,10 +5,10 @@ r"""Each XLA:CPU lever on our train step, next to the defaults, side by side in 
   python benchmarks/cpu_levers.py --quick --levers onednn --configs vae_digits   # a smoke run
 
 A lever is an XLA flag of the installed jaxlib (added to the environment's XLA_FLAGS, read when the CPU backend
-starts) or a config override. Each measurement is benchmarks/run.py's (run.measure_ours: the train step on a synthetic batch,
-median of timed windows) in a fresh process. Per config and round the defaults are measured first and last,
-the levers in between, the levers' order reversed every other round; a lever's ratio is its images/s over the
-mean of the two default measurements around it. A lever the compiler rejects is reported as failed, with the
+starts) or a config override. Each measurement is benchmarks/run.py's (run.measure_ours: the train step on a
+synthetic batch, median of timed windows) in a fresh process. Per config and round the defaults are measured
+first and last, the levers in between, the levers' order reversed every other round; a lever's ratio is its
+images/s over the mean of the two default measurements around it. A lever the compiler rejects is reported as failed, with the
 reason, and the run goes on. Prints markdown and writes JSON (--out).
 """
 
@@ -40,6 +40,15 @@ LEVERS = {
                               "the scheduler that orders independent thunks for concurrency"),
     "no_all_reduce_combiner": ("--xla_disable_hlo_passes=all-reduce-combiner", {},
                                "one all-reduce per gradient, each as soon as it is computed, not one combined"),
+    "legacy_fusion_emitters": ("--xla_cpu_use_fusion_emitters=false", {},
+                               "elementwise and reduction fusions through the older LLVM IR emitters"),
+    "fast_runtime_preset": ("--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME", {},
+                            "the optimisation preset for run time over compile time"),
+    "tiling_propagation": ("--xla_cpu_experimental_enable_tiling_propagation=true", {}, "tiling propagation"),
+    "copy_region_analysis": ("--xla_cpu_copy_insertion_use_region_analysis=true", {},
+                             "region analysis in copy insertion (fewer copies)"),
+    "onednn_fusions": ("--xla_cpu_experimental_onednn_fusion_type=dot,eltwise", {},
+                       "oneDNN fusions of dots with their elementwise consumers"),
     "fast_math": ("--xla_cpu_enable_fast_math=true", {}, "fast math (changes results: measured, never a default)"),
     "one_device": ("", {"mesh.cpu_devices": 1}, "one CPU device for both cores (default: one per core)"),
     "fsdp": ("", {"mesh.fsdp": 2}, "the state sharded over the 2 devices: each updates half the parameters, "
@@ -83,11 +92,11 @@ def summarise(measurements: list[dict], levers: list[str]) -> dict:
 def table(report: dict) -> str:
   """Markdown: one row per lever, a column per config (ratio to the defaults, every round's in brackets)."""
   configs = list(report["configs"])
+  defaults = [statistics.median(r["train_images_per_s"] for m in report["configs"][c]["rounds"] for r in m["defaults"])
+              for c in configs]
   lines = ["| lever | XLA flag or override | " + " | ".join(configs) + " |",
            "|---|---|" + "---|" * len(configs),
-           "| defaults (img/s) | - | " + " | ".join(
-               f"{statistics.median(r['train_images_per_s'] for m in report['configs'][c]['rounds'] for r in m['defaults']):.0f}"
-               for c in configs) + " |"]
+           "| defaults (img/s) | - | " + " | ".join(f"{d:.0f}" for d in defaults) + " |"]
   for lever in report["levers"]:
     flags, overrides, _ = LEVERS[lever]
     cells = []
