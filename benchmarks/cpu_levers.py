@@ -8,8 +8,8 @@ A lever is an XLA flag of the installed jaxlib (added to the environment's XLA_F
 starts) or a config override. Each measurement is benchmarks/run.py's (run.measure_ours: the train step on a
 synthetic batch, median of timed windows) in a fresh process. Per config and round the defaults are measured
 first and last, the levers in between, the levers' order reversed every other round; a lever's ratio is its
-images/s over the mean of the two default measurements around it. A lever the compiler rejects is reported as failed, with the
-reason, and the run goes on. Prints markdown and writes JSON (--out).
+images/s over the mean of the two default measurements around it. A lever the compiler rejects is reported as
+failed, with the reason, and the run goes on. Prints markdown and writes JSON (--out).
 """
 
 import argparse
