@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Fetches into .whl/ the wheels of the packages that benchmarks/run.py imports and the GPU machines' image lacks
-# (its list: /work/.library/device/KINDS.md), for that image's Python 3.12 on x86-64, at our .venv's versions.
-# benchmarks/gpu.sh installs them there; the device tool's `run` takes them along with carry [".whl"].
+# Fetches into .whl/ the wheels of the packages that benchmarks/run.py imports and a bare GPU image with jax, flax,
+# optax, orbax and torch lacks, for Python 3.12 on x86-64, at our .venv's versions. Copy .whl/ with the checkout to
+# a GPU machine without internet access: benchmarks/gpu.sh installs them there.
 #
 #   bash benchmarks/gpu_wheels.sh          # PYTHON: the interpreter whose versions to pin (default .venv's)
 set -euo pipefail
