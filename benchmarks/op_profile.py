@@ -257,8 +257,7 @@ def main() -> None:
   report = {"steps": args.steps, "loadavg_before": run._loadavg(), "configs": {}}
   tables = []
   for name in names:
-    overrides = dict(run.QUICK_OVERRIDES[name] if args.quick else {},
-                     **{"train.batch_size": run.DEFAULT_BATCH_SIZES.get(name, 32)})  # as run.py's suite
+    overrides = run.suite_overrides(name, args.quick)
     job = {"config": name, "overrides": overrides, "steps": args.steps}
     entry = {"ours": run._child(dict(job, kind="ours"), script=__file__)}
     if args.torch:

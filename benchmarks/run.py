@@ -750,9 +750,9 @@ def main() -> None:
     peak_futures, groups = {}, []  # in order of priority: the pool starts them in this order
     for dtype in dtypes:
       for name in names:
-        overrides = dict(QUICK_OVERRIDES.get(name, {}) if args.quick else {})
-        overrides["train.batch_size"] = (args.batch_size or (GPU_SUITE[name][0] if args.gpu_suite else None)
-                                         or DEFAULT_BATCH_SIZES.get(name, 32))
+        overrides = suite_overrides(name, args.quick)
+        if args.batch_size or args.gpu_suite:
+          overrides["train.batch_size"] = args.batch_size or GPU_SUITE[name][0]
         if dtype:
           overrides["model.dtype"] = dtype
         config = load_config(name, overrides)
